@@ -1,0 +1,170 @@
+"""Configuration: defaults, every key, and one clear line for every kind of mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokend import config
+from tokend.config import CLOUD_PLATFORM, ConfigError
+
+
+def load_text(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Config:
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return config.load(p, env=env or {})
+
+
+def test_no_file_means_defaults(tmp_path: Path) -> None:
+    cfg = config.load(None, env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert list(cfg.profiles) == ["default"]
+    prof = cfg.profiles["default"]
+    assert prof.credentials == "adc"
+    assert prof.scopes == (CLOUD_PLATFORM,)
+    assert [(s.path, s.format, s.mode) for s in prof.effective_sinks("default")] == [
+        ("token", "raw", 0o600),
+        ("token.json", "json", 0o600),
+        ("openai.env", "env", 0o600),
+    ]
+    assert cfg.socket.path == "tokend.sock"
+
+
+def test_every_key(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        """
+runtime_dir = "/tmp/x/tokend"
+[socket]
+path = "s.sock"
+allow_uids = [1001, 1002]
+[profiles.work]
+credentials = "/etc/creds.json"
+scopes = ["a", "b"]
+impersonate = "bot@p.iam.gserviceaccount.com"
+token_uri = "http://127.0.0.1:9/token"
+iam_endpoint = "http://127.0.0.1:9"
+quota_project = "billing-project"
+[profiles.work.openai]
+project = "my-project"
+location = "europe-west4"
+[[profiles.work.sinks]]
+path = "/tmp/x/abs-token"
+format = "env"
+mode = "0640"
+""",
+    )
+    assert cfg.runtime_path == Path("/tmp/x/tokend")
+    assert cfg.socket_path == Path("/tmp/x/tokend/s.sock")
+    assert cfg.socket.allow_uids == (1001, 1002)
+    work = cfg.profiles["work"]
+    assert work.scopes == ("a", "b")
+    assert work.effective_sinks("work")[0].mode == 0o640
+    assert cfg.sink_path(work.effective_sinks("work")[0]) == Path("/tmp/x/abs-token")
+    assert work.base_url == (
+        "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project"
+        "/locations/europe-west4/endpoints/openapi"
+    )
+
+
+def test_global_location_uses_the_bare_host(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        '[profiles.default.openai]\nproject = "my-project"\nlocation = "global"\nendpoint = "123"',
+    )
+    assert cfg.profiles["default"].base_url == (
+        "https://aiplatform.googleapis.com/v1/projects/my-project/locations/global/endpoints/123"
+    )
+
+
+def test_profiles_get_their_own_default_files(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "[profiles.default]\n[profiles.ci]\n")
+    assert [s.path for s in cfg.profiles["ci"].effective_sinks("ci")] == [
+        "ci.token",
+        "ci.token.json",
+        "ci.openai.env",
+    ]
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('runtime_dir = "/nope"\n')
+    cfg = config.load(None, env={"TOKEND_CONFIG": str(p), "TOKEND_RUNTIME_DIR": "/tmp/rt"})
+    assert cfg.runtime_path == Path("/tmp/rt")
+    assert cfg.source == str(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[profiles.default.sinks]]\npath = "t"\nformat = "yaml"',
+            "profiles.default.sinks[0].format: must be raw, json or env",
+        ),
+        (
+            '[[profiles.default.sinks]]\npath = "t"\nmode = 600',
+            'profiles.default.sinks[0].mode: must be an octal string such as "0600"',
+        ),
+        (
+            '[[profiles.default.sinks]]\npath = "t"\nmode = "0900"',
+            "profiles.default.sinks[0].mode: must be an octal string",
+        ),
+        (
+            '[[profiles.default.sinks]]\npath = "t"\nmode = "4600"',
+            "profiles.default.sinks[0].mode: must not set setuid",
+        ),
+        ("[profiles.default]\ncredentail = 'adc'", "profiles.default.credentail: unknown key"),
+        ("runtimedir = '/x'", "runtimedir: unknown key"),
+        ("[socket]\nallow_uids = ['me']", "socket.allow_uids[0]: Input should be a valid integer"),
+        ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are non-negative"),
+        ("[profiles.default]\nscopes = []", "profiles.default.scopes: must list at least one"),
+        ("[profiles.default]\nimpersonate = 'bob'", "profiles.default.impersonate: must be a"),
+        ("[profiles.default]\ntoken_uri = 'ftp://x'", "profiles.default.token_uri: must be an http"),
+        ("[profiles.default.openai]\nproject = 'my-project'", "profiles.default.openai.location"),
+        ("[profiles.'bad name']", "profiles: profile name 'bad name'"),
+        (
+            '[[profiles.a.sinks]]\npath = "t"\n[[profiles.b.sinks]]\npath = "t"',
+            "profiles.b.sinks[0].path",
+        ),
+        ("runtime_dir = ", "invalid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_fix(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_text(tmp_path, text)
+    line = str(exc.value)
+    assert "\n" not in line
+    assert line.startswith(str(tmp_path / "config.toml") + ": ")
+    assert message in line
+
+
+def test_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "missing.toml", env={})
+
+
+def test_models_are_frozen() -> None:
+    cfg = config.parse({}, env={})
+    with pytest.raises(Exception, match="frozen"):
+        cfg.profiles["default"].credentials = "x"  # type: ignore[misc]
+
+
+def test_bad_config_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[profiles.default.sinks]]\npath = "t"\nformat = "yaml"\n')
+    runtime = tmp_path / "rt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokend", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "TOKEND_RUNTIME_DIR": str(runtime)},
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        f"{cfg}: profiles.default.sinks[0].format: must be raw, json or env"
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not runtime.exists()

@@ -1,0 +1,319 @@
+"""Configuration: frozen pydantic models, loaded from TOML plus a few env variables.
+
+Nothing here touches the filesystem except :func:`load` reading the one file, and
+nothing resolves ``~`` or creates directories: that happens once, in the daemon.
+
+File lookup: ``--config PATH``, else ``$TOKEND_CONFIG``, else
+``platformdirs.user_config_dir("tokend")/config.toml``; a missing *default* file means
+"all defaults", a missing *named* file is an error. ``$TOKEND_RUNTIME_DIR`` overrides
+``runtime_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from tokend.errors import ConfigError
+
+__all__ = [
+    "CLOUD_PLATFORM",
+    "Config",
+    "OpenAIConfig",
+    "ProfileConfig",
+    "SinkConfig",
+    "SinkFormat",
+    "SocketConfig",
+    "default_config_path",
+    "default_runtime_dir",
+    "load",
+    "resolve_config_path",
+]
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+SinkFormat = Literal["raw", "json", "env"]
+
+
+def _octal_mode(value: Any) -> int:
+    # "0600" must never be read as decimal 600 (= 0o1130): accept only an octal string.
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError('must be an octal string such as "0600"')
+    if not re.fullmatch(r"0?o?[0-7]{3,4}", value):
+        raise ValueError(f'must be an octal string such as "0600", got {value!r}')
+    mode = int(value.replace("o", ""), 8)
+    if mode & ~0o777:
+        raise ValueError("must not set setuid, setgid or sticky bits")
+    if not mode & 0o400:
+        raise ValueError("must let the owner read the file (at least 0400)")
+    return mode
+
+
+Mode = Annotated[int, BeforeValidator(_octal_mode)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SinkConfig(_Model):
+    """One file the token is written to."""
+
+    path: str = Field(min_length=1)  #: relative paths live inside runtime_dir
+    format: SinkFormat = "raw"
+    mode: Mode = 0o600
+
+
+class OpenAIConfig(_Model):
+    """Where the OpenAI SDK should send requests: Vertex AI's OpenAI-compatible endpoint."""
+
+    project: str = Field(pattern=r"^[a-z][a-z0-9:.\-]{4,62}[a-z0-9]$")
+    location: str = Field(pattern=r"^[a-z0-9\-]+$")
+    endpoint: str = Field(default="openapi", pattern=r"^[A-Za-z0-9_\-]+$")
+
+    @property
+    def base_url(self) -> str:
+        host = (
+            "aiplatform.googleapis.com"
+            if self.location == "global"
+            else f"{self.location}-aiplatform.googleapis.com"
+        )
+        return (
+            f"https://{host}/v1/projects/{self.project}"
+            f"/locations/{self.location}/endpoints/{self.endpoint}"
+        )
+
+
+class ProfileConfig(_Model):
+    """One identity tokend keeps a token for."""
+
+    credentials: str = Field(default="adc", min_length=1)  #: "adc", "metadata" or a file path
+    scopes: tuple[str, ...] = (CLOUD_PLATFORM,)
+    impersonate: str = ""  #: target service account email
+    token_uri: str = ""  #: override of the OAuth token endpoint
+    iam_endpoint: str = ""  #: override of the IAM Credentials endpoint (impersonation)
+    quota_project: str = ""
+    openai: OpenAIConfig | None = None
+    sinks: tuple[SinkConfig, ...] | None = None  #: None = the default three
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _scopes_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _sinks_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_nonempty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or not all(s.strip() for s in v):
+            raise ValueError("must list at least one non-empty scope")
+        return v
+
+    @field_validator("impersonate")
+    @classmethod
+    def _sa_email(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
+            raise ValueError(
+                "must be a service account email (name@project.iam.gserviceaccount.com)"
+            )
+        return v
+
+    @field_validator("token_uri", "iam_endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    def effective_sinks(self, name: str) -> tuple[SinkConfig, ...]:
+        """The configured sinks, else the default three (prefixed ``NAME.`` for every
+        profile but ``default``, so profiles never share a file)."""
+        if self.sinks is not None:
+            return self.sinks
+        prefix = "" if name == "default" else f"{name}."
+        return (
+            SinkConfig(path=f"{prefix}token", format="raw"),
+            SinkConfig(path=f"{prefix}token.json", format="json"),
+            SinkConfig(path=f"{prefix}openai.env", format="env"),
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.openai.base_url if self.openai else ""
+
+
+class SocketConfig(_Model):
+    path: str = "tokend.sock"  #: "" turns the socket off
+    allow_uids: tuple[int, ...] = ()
+
+    @field_validator("allow_uids", mode="before")
+    @classmethod
+    def _uids_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+    @field_validator("allow_uids")
+    @classmethod
+    def _uids_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(u < 0 for u in v):
+            raise ValueError("uids are non-negative integers")
+        return v
+
+
+def _default_profiles() -> dict[str, ProfileConfig]:
+    return {"default": ProfileConfig()}
+
+
+class Config(_Model):
+    """The whole configuration. ``source`` names where it came from (for messages)."""
+
+    runtime_dir: str = ""  #: "" = platformdirs.user_runtime_dir("tokend")
+    socket: SocketConfig = SocketConfig()
+    profiles: dict[str, ProfileConfig] = Field(default_factory=_default_profiles)
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: dict[str, ProfileConfig]) -> dict[str, ProfileConfig]:
+        if not v:
+            return _default_profiles()
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
+                raise ValueError(f"profile name {name!r} may hold only letters, digits, _ and -")
+        return v
+
+    # -- resolved paths (pure: no directories are created here) -------------------
+
+    @property
+    def runtime_path(self) -> Path:
+        return Path(self.runtime_dir or default_runtime_dir()).expanduser()
+
+    def sink_path(self, sink: SinkConfig) -> Path:
+        return self.runtime_path / Path(sink.path).expanduser()
+
+    @property
+    def socket_path(self) -> Path | None:
+        if not self.socket.path:
+            return None
+        return self.runtime_path / Path(self.socket.path).expanduser()
+
+    def validate_sinks(self) -> None:
+        """Two sinks writing one file would fight; refuse that at load time."""
+        seen: dict[Path, str] = {}
+        for name, profile in self.profiles.items():
+            for i, sink in enumerate(profile.effective_sinks(name)):
+                where = f"profiles.{name}.sinks[{i}]"
+                path = self.sink_path(sink)
+                if path in seen:
+                    raise ConfigError(
+                        f"{self.source}: {where}.path: {path} is also written by {seen[path]}; "
+                        "give each sink its own file"
+                    )
+                seen[path] = where
+
+
+def default_runtime_dir() -> str:
+    # Without XDG_RUNTIME_DIR (cron, containers, su) platformdirs falls back to
+    # /tmp/runtime-$UID and warns; the daemon checks that directory's owner and mode
+    # like any other, so the fallback is safe and the warning is noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return platformdirs.user_runtime_dir("tokend")
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("tokend")) / "config.toml"
+
+
+def resolve_config_path(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> tuple[Path, bool]:
+    """Which file to read, and whether the user named it (a named file must exist)."""
+    env = os.environ if env is None else env
+    if path:
+        return Path(path).expanduser(), True
+    if env.get("TOKEND_CONFIG"):
+        return Path(env["TOKEND_CONFIG"]).expanduser(), True
+    return default_config_path(), False
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "<top>"
+
+
+def _first_error(source: str, err: ValidationError) -> ConfigError:
+    e = err.errors(include_url=False, include_input=False)[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic names the union/literal member it tried; drop those internal tags.
+    loc = tuple(p for p in loc if p not in {"str", "int", "tagged-union"})
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key (see the configuration reference in README.md)"
+    elif e["type"] == "literal_error":
+        allowed = e.get("ctx", {}).get("expected", "")
+        msg = f"must be {allowed.replace(chr(39), '')}"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return ConfigError(f"{source}: {_loc(loc)}: {msg}")
+
+
+def parse(
+    data: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a TOML document (already parsed) into a :class:`Config`."""
+    env = os.environ if env is None else env
+    data = dict(data)
+    if env.get("TOKEND_RUNTIME_DIR"):
+        data["runtime_dir"] = env["TOKEND_RUNTIME_DIR"]
+    try:
+        cfg = Config.model_validate({**data, "source": source})
+    except ValidationError as err:
+        raise _first_error(source, err) from None
+    cfg.validate_sinks()
+    return cfg
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read and validate the configuration. Raises :class:`ConfigError` (one line)."""
+    file, named = resolve_config_path(path, env)
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(
+                f"{file}: no such file; create it or drop --config/TOKEND_CONFIG"
+            ) from None
+        return parse({}, "<defaults>", env)
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read: {err.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8 TOML") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: invalid TOML: {err}") from None
+    return parse(data, str(file), env)

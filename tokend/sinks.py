@@ -1,0 +1,97 @@
+"""Atomic, durable token files.
+
+A reader (a shell doing ``$(cat token)``, a container with the directory mounted) must
+see the old token or the new one, never a mix or an empty file, and a crash at any
+point must leave one of those two on disk. Hence, for every write: a temp file in the
+same directory (same filesystem, so ``rename`` is atomic), created ``O_EXCL|O_NOFOLLOW``
+at the final mode, written, fsync-ed, renamed over the target, and the directory
+fsync-ed so the rename itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokend.token import Token
+
+__all__ = ["FileSink", "atomic_write", "remove_file", "sweep_temp_files"]
+
+log = logging.getLogger(__name__)
+
+_TMP_MARK = ".tokend-tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(4)}")
+    # O_EXCL: never reuse a file someone planted; O_NOFOLLOW: never write through a link.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; a sink asks for exactly mode
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_file(path: Path) -> bool:
+    """Remove ``path`` if present (durably). Returns whether something was removed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    return True
+
+
+def sweep_temp_files(directory: Path) -> int:
+    """Delete temp files a killed tokend left behind in ``directory``."""
+    n = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if _TMP_MARK in entry.name and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    n += 1
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class FileSink:
+    """One file that holds the current token in one format."""
+
+    path: Path
+    format: str = "raw"
+    mode: int = 0o600
+    base_url: str = ""
+
+    def write(self, token: Token, now: float) -> None:
+        atomic_write(self.path, token.render(self.format, now, self.base_url), self.mode)
+
+    def remove(self) -> bool:
+        return remove_file(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
