@@ -1,0 +1,509 @@
+"""Turn one profile into google-auth credentials and a blocking ``fetch() -> Token``.
+
+This is the only module in tokend that imports google-auth. It owns three things the
+rest of the daemon must not have to know about google-auth:
+
+- **Loading.** ``"adc"`` follows google.auth.default()'s file lookup
+  (``$GOOGLE_APPLICATION_CREDENTIALS``, then gcloud's well-known file, then the metadata
+  server) without its side effects: default() shells out to ``gcloud`` for a project id,
+  calls Resource Manager for external accounts and pings 169.254.169.254 three times
+  with 3 s timeouts on a laptop. We only need the credentials. Files are read here, so
+  errors can name the file and the fix.
+- **One attempt per fetch.** Every HTTP request goes through :class:`_OneShotTransport`,
+  which bounds each request with ``(connect, read)`` timeouts and turns transport errors,
+  5xx, 429 and "temporarily unavailable" answers into an exception google-auth does not
+  catch. google-auth would otherwise retry them itself with sleeps (``_client`` up to 3
+  times on 5xx/429, the metadata client up to 5 times, also on connection errors), which
+  hides failures from tokend's refresher and stretches a fetch to tens of seconds; the
+  refresher owns backoff.
+- **Classification and redaction.** Failures become :class:`tokend.errors.RefreshError`
+  (``retryable``) or :class:`tokend.errors.CredentialsError` (a person must act). google-auth's
+  exception text can carry response bodies, so messages are built from the HTTP status,
+  the OAuth ``error`` code and the exception type only, never copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+import urllib.parse
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import google.auth
+import google.auth._cloud_sdk
+import google.auth.compute_engine
+import google.auth.compute_engine._metadata
+import google.auth.credentials
+import google.auth.environment_vars
+import google.auth.exceptions
+import google.auth.impersonated_credentials
+import google.auth.transport
+import google.auth.transport.requests
+import requests
+
+from tokend import clock
+from tokend.config import ProfileConfig
+from tokend.errors import CredentialsError, RefreshError
+from tokend.token import Token
+
+# google-auth ships py.typed but leaves most functions unannotated; each call to one
+# carries a `type: ignore[no-untyped-call]`.
+
+__all__ = ["CREDENTIAL_TYPES", "Source"]
+
+#: Credential file types tokend can refresh (``metadata`` is not a file type).
+CREDENTIAL_TYPES = (
+    "authorized_user",
+    "service_account",
+    "external_account",
+    "external_account_authorized_user",
+    "impersonated_service_account",
+)
+
+_LOGIN = "run `gcloud auth application-default login`"
+_CONNECT_TIMEOUT = 5.0  # cap on the TCP/TLS connect part of the timeout
+# Statuses a later attempt can outlast. google-auth's own list is 500, 502, 503, 504,
+# 408 and 429 (transport.DEFAULT_RETRYABLE_STATUS_CODES); every 5xx is transient to us.
+_RETRYABLE_STATUSES = frozenset({408, 429})
+# OAuth error codes google-auth's _client retries even on a 4xx (RFC 6749 4.1.2.1).
+_RETRYABLE_OAUTH_ERRORS = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+_SAFE_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
+# warnings.catch_warnings() swaps process-global state; serialise our uses of it.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """What tokend remembers of one HTTP exchange: never a body."""
+
+    host: str
+    status: int
+    error: str  #: OAuth ``error`` / Google API ``error.status``, "" if none or unsafe
+    iam: bool = False  #: an IAM generateAccessToken call (impersonation)
+
+
+class _Abort(Exception):
+    """Raised by the transport to stop google-auth from retrying. google-auth catches
+    ``TransportError`` (and only that) in its retry loops, so this is deliberately not one."""
+
+    def __init__(self, why: str, response: _Response | None, host: str = "") -> None:
+        super().__init__(why)
+        self.why = why
+        self.response = response
+        self.host = response.host if response else host
+
+
+def _error_code(data: bytes) -> str:
+    """The OAuth ``error`` (or Google API ``error.status``) of a JSON error body, if safe."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    if isinstance(error, dict):
+        error = error.get("status")
+    if isinstance(error, str) and _SAFE_CODE.fullmatch(error):
+        return error
+    return ""
+
+
+class _OneShotTransport(google.auth.transport.Request):
+    """A google-auth ``Request`` that makes exactly one bounded attempt per request.
+
+    Transport errors, 5xx, 408/429 and retryable OAuth errors raise :class:`_Abort`
+    instead of reaching google-auth, whose retry loops would otherwise sleep and try
+    again (see the module docstring). The last response seen is kept for classification.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = (min(timeout, _CONNECT_TIMEOUT), timeout)
+        self._session = requests.Session()
+        self._inner = google.auth.transport.requests.Request(self._session)
+        self.last: _Response | None = None
+        self.requests = 0
+
+    def reset(self) -> None:
+        self.last = None
+        self.requests = 0
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Any = None,
+        timeout: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        host = urllib.parse.urlsplit(url).netloc
+        self.requests += 1
+        try:
+            # Our timeout wins over google-auth's (120 s default, 3 s for metadata).
+            response = self._inner(
+                url, method=method, body=body, headers=headers, timeout=self._timeout, **kwargs
+            )
+        except google.auth.exceptions.TransportError as exc:
+            why = _describe_transport_error(exc, self._timeout[1])
+            raise _Abort(why, None, host) from None
+        status = int(response.status)
+        error = _error_code(response.data) if status != 200 else ""
+        self.last = _Response(host, status, error, iam=":generateAccessToken" in url)
+        if status >= 500 or status in _RETRYABLE_STATUSES:
+            raise _Abort(f"HTTP {status}", self.last)
+        if status != 200 and error in _RETRYABLE_OAUTH_ERRORS:
+            raise _Abort(f"HTTP {status} {error}", self.last)
+        return response
+
+
+def _describe_transport_error(exc: BaseException, read_timeout: float) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, requests.exceptions.Timeout):
+        return f"timed out after {read_timeout:g} s"
+    if isinstance(cause, requests.exceptions.ConnectionError):
+        return "connection failed"
+    return f"transport error ({type(cause or exc).__name__})"
+
+
+class Source:
+    """Turns one profile into google-auth credentials and a blocking :meth:`fetch`.
+
+    Args:
+        name: the profile name (goes into every :class:`Token`; messages leave it to the caller).
+        profile: the profile's configuration.
+        timeout: seconds each HTTP request may take (connect is capped at 5 s).
+
+    Construction does no I/O. Credentials load on the first :meth:`fetch` and again after
+    :meth:`invalidate`. ``fetch`` is thread-safe (calls are serialised).
+    """
+
+    def __init__(self, name: str, profile: ProfileConfig, *, timeout: float = 10.0) -> None:
+        self.name = name
+        self.profile = profile
+        self.timeout = timeout
+        self.credential_type = ""
+        self.account = ""
+        self._credentials: Any = None
+        self._stale = False
+        self._lock = threading.Lock()
+        self._transport = _OneShotTransport(timeout)
+        self._file: Path | None = None  # the credentials file (None: metadata server)
+        self._adc = profile.credentials == "adc"
+        self._adc_explicit = False
+        if profile.credentials == "metadata":
+            self._file = None
+        elif self._adc:
+            explicit = os.environ.get(google.auth.environment_vars.CREDENTIALS, "")
+            self._file = Path(
+                explicit or google.auth._cloud_sdk.get_application_default_credentials_path()  # type: ignore[no-untyped-call]
+            ).expanduser()
+            self._adc_explicit = bool(explicit)
+        else:
+            self._file = Path(profile.credentials).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return (
+            f"Source(name={self.name!r}, type={self.credential_type or '?'}, "
+            f"account={self.account!r}, credentials={self.profile.credentials!r})"
+        )
+
+    @property
+    def watched_paths(self) -> tuple[Path, ...]:
+        """Files whose change must reload the credentials (may not exist yet)."""
+        return () if self._file is None else (self._file,)
+
+    def invalidate(self) -> None:
+        """Forget the loaded credentials: the next :meth:`fetch` reads the file again.
+
+        Never blocks (a watcher thread calls it while a fetch may be waiting on the
+        network); a change that lands while a fetch is loading still counts."""
+        self._stale = True
+
+    def fetch(self) -> Token:
+        """Load the credentials if needed and get a fresh token: one attempt, no retries.
+
+        Returns:
+            A new :class:`Token`.
+
+        Raises:
+            RefreshError: the attempt failed; ``retryable`` says whether trying again later
+                can help (transport errors, timeouts, 5xx, 429, garbage answers).
+            CredentialsError: a person must act (``reauth_required``,
+                ``credentials_missing``, ``credentials_invalid``).
+        """
+        with self._lock:
+            if self._stale or self._credentials is None:
+                self._stale = False
+                self._credentials = None
+                self._credentials = self._load()
+            credentials = self._credentials
+            self._transport.reset()
+            started = time.monotonic()
+            try:
+                credentials.refresh(self._transport)
+            except _Abort as abort:
+                raise self._retryable(abort) from None
+            except Exception as exc:  # every failure is classified; none escapes raw
+                raise self._classify(exc) from None
+            self.account = _account_of(credentials)
+            return self._token(credentials, time.monotonic() - started)
+
+    # -- loading ----------------------------------------------------------------------
+
+    def _load(self) -> Any:
+        if self._file is None:
+            self.credential_type = "metadata"
+            credentials = self._metadata_credentials()
+        elif self._adc and not self._adc_explicit and not self._file.exists() and _on_gce():
+            # ADC's last resort, as in google.auth.default(): the metadata server.
+            self.credential_type = "metadata"
+            credentials = self._metadata_credentials()
+        else:
+            credentials = self._file_credentials(self._file)
+        credentials = google.auth.credentials.with_scopes_if_required(  # type: ignore[no-untyped-call]
+            credentials, list(self.profile.scopes)
+        )
+        if self.profile.impersonate:
+            credentials = google.auth.impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+                source_credentials=credentials,
+                target_principal=self.profile.impersonate,
+                target_scopes=list(self.profile.scopes),
+                iam_endpoint_override=self._iam_url(self.profile.impersonate),
+            )
+            self.credential_type = "impersonated_service_account"
+        if self.profile.quota_project:
+            if not hasattr(credentials, "with_quota_project"):
+                raise self._invalid("quota_project is not supported for these credentials")
+            credentials = credentials.with_quota_project(self.profile.quota_project)
+        self.account = _account_of(credentials)
+        return credentials
+
+    def _metadata_credentials(self) -> Any:
+        if self.profile.token_uri:
+            raise self._invalid(
+                "token_uri does not apply to metadata server credentials; remove it"
+            )
+        # google-auth reads GCE_METADATA_HOST once, when compute_engine is imported; read
+        # it again so the environment in effect when the profile loads is the one used.
+        env = google.auth.environment_vars
+        host = os.environ.get(env.GCE_METADATA_HOST) or os.environ.get(env.GCE_METADATA_ROOT)
+        google.auth.compute_engine._metadata._GCE_METADATA_HOST = (
+            host or google.auth.compute_engine._metadata._GCE_DEFAULT_HOST
+        )
+        return google.auth.compute_engine.Credentials()  # type: ignore[no-untyped-call]
+
+    def _file_credentials(self, path: Path) -> Any:
+        info = self._read_json(path)
+        kind = info.get("type")
+        if kind not in CREDENTIAL_TYPES:
+            shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
+            raise self._invalid(
+                f"{path}: credential type {shown} is not supported "
+                f"(expected one of {', '.join(CREDENTIAL_TYPES)})"
+            )
+        self.credential_type = str(kind)
+        try:
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                # DeprecationWarning: "use a type-specific loader" (we check the type above);
+                # UserWarning: "end user credentials without a quota project", noise for a
+                # daemon whose users set quota_project when they need it.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                # No scopes here (as in google.auth.default()): with scopes, an
+                # external_account would refresh and call Resource Manager while loading.
+                credentials, _ = google.auth.load_credentials_from_dict(  # type: ignore[no-untyped-call]
+                    info, request=self._transport
+                )
+        except _Abort as abort:
+            raise self._retryable(abort) from None
+        except (
+            google.auth.exceptions.GoogleAuthError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+        ) as exc:
+            raise self._invalid(
+                f"{path}: not a usable {kind} credentials file ({type(exc).__name__}); "
+                f"{self._fix()}"
+            ) from None
+        if self.profile.token_uri:
+            credentials = self._with_token_uri(credentials, path)
+        return credentials
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise CredentialsError(
+                f"{path}: no such file; {self._fix()}",
+                reason="credentials_missing",
+            ) from None
+        except PermissionError:
+            raise self._invalid(
+                f"{path}: permission denied; make it readable by tokend's user (chmod 600 {path})"
+            ) from None
+        except OSError as err:
+            raise self._invalid(f"{path}: cannot read: {err.strerror}") from None
+        try:
+            info = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise self._invalid(f"{path}: not valid JSON; {self._fix()}") from None
+        if not isinstance(info, dict):
+            raise self._invalid(f"{path}: not a JSON object; {self._fix()}")
+        return info
+
+    def _with_token_uri(self, credentials: Any, path: Path) -> Any:
+        uri = self.profile.token_uri
+        # An impersonated_service_account file: the token endpoint is its source's.
+        if isinstance(credentials, google.auth.impersonated_credentials.Credentials):
+            source = credentials._source_credentials
+            if hasattr(source, "with_token_uri"):
+                credentials._source_credentials = source.with_token_uri(uri)
+                return credentials
+        elif hasattr(credentials, "with_token_uri"):
+            # from_authorized_user_info() always uses Google's endpoint, whatever the file
+            # says; with_token_uri() is the supported way around that.
+            return credentials.with_token_uri(uri)
+        raise self._invalid(f"{path}: token_uri cannot be overridden for this credential type")
+
+    def _iam_url(self, target: str) -> str | None:
+        base = self.profile.iam_endpoint
+        if not base:
+            return None
+        if ":generateAccessToken" in base:
+            return base  # already the full URL
+        # google-auth's override is the full URL (iam._IAM_ENDPOINT with the principal).
+        quoted = urllib.parse.quote(target, safe="@")
+        return f"{base.rstrip('/')}/v1/projects/-/serviceAccounts/{quoted}:generateAccessToken"
+
+    # -- results and errors -----------------------------------------------------------
+
+    def _token(self, credentials: Any, took: float) -> Token:
+        token = credentials.token
+        expiry = credentials.expiry
+        if not isinstance(token, str) or not token or not isinstance(expiry, datetime):
+            raise RefreshError(
+                "the token endpoint answered without a token or expiry; retrying with backoff",
+                retryable=True,
+                reason="bad_response",
+            )
+        # google-auth keeps expiry as a naive datetime in UTC.
+        # google-auth adds expires_in to the time the answer *arrived*; the server counted
+        # from when it issued the token, up to `took` seconds earlier. Err on the early
+        # side so tokend never calls a token valid that Google already considers expired.
+        expires_at = expiry.replace(tzinfo=UTC).timestamp() - max(0.0, took)
+        return Token(
+            value=token,
+            expires_at=expires_at,
+            issued_at=clock.now(),
+            profile=self.name,
+            account=self.account,
+            scopes=tuple(self.profile.scopes),
+        )
+
+    def _fix(self) -> str:
+        if self.credential_type == "metadata":
+            return "check the VM's service account"
+        if self._adc:
+            return _LOGIN
+        return f"fix or replace the file named by profiles.{self.name}.credentials"
+
+    def _invalid(self, what: str) -> CredentialsError:
+        return CredentialsError(what, reason="credentials_invalid")
+
+    def _retryable(self, abort: _Abort) -> RefreshError:
+        response = abort.response
+        detail = f" ({response.error})" if response and response.error else ""
+        return RefreshError(
+            f"token request to {abort.host or 'the token endpoint'} "
+            f"failed: {abort.why}{detail}; retrying with backoff",
+            retryable=True,
+            reason="unavailable" if response else "transport_error",
+        )
+
+    def _classify(self, exc: Exception) -> RefreshError | CredentialsError:
+        last = self._transport.last
+        if isinstance(exc, google.auth.exceptions.ReauthFailError):
+            return CredentialsError(
+                f"reauthentication failed; {self._fix_reauth()}",
+                reason="reauth_required",
+            )
+        if getattr(exc, "retryable", False):
+            host = last.host if last else ""
+            return self._retryable(_Abort(f"retryable error ({type(exc).__name__})", last, host))
+        if last is not None and last.status >= 400:
+            return self._rejected(last)
+        if last is not None and last.status == 200:
+            # A 200 whose body google-auth could not use (not JSON, fields missing): a
+            # proxy's error page or a glitch that a later attempt can outlast.
+            return RefreshError(
+                f"{last.host} answered 200 with an unusable body; retrying with backoff",
+                retryable=True,
+                reason="bad_response",
+            )
+        if isinstance(exc, google.auth.exceptions.RefreshError):
+            # Refused before any request: e.g. the external subject token file is gone,
+            # or the file lacks fields needed to refresh.
+            return self._invalid(
+                f"cannot refresh ({type(exc).__name__} before any request); {self._fix()}"
+            )
+        return RefreshError(
+            f"refresh failed ({type(exc).__name__}); retrying with backoff",
+            retryable=True,
+            reason="refresh_failed",
+        )
+
+    def _rejected(self, last: _Response) -> CredentialsError:
+        code = last.error or f"HTTP {last.status}"
+        what = f"{last.host} refused the token request: {code}"
+        if last.iam and last.status in (401, 403, 404):
+            target = self.profile.impersonate or "the target service account"
+            return CredentialsError(
+                f"{what}; grant the caller roles/iam.serviceAccountTokenCreator on "
+                f"{target} and check that the account exists",
+                reason="credentials_invalid",
+            )
+        if last.status in (400, 401, 403):
+            return CredentialsError(f"{what}; {self._fix_reauth()}", reason="reauth_required")
+        return CredentialsError(f"{what}; {self._fix()}", reason="credentials_invalid")
+
+    def _fix_reauth(self) -> str:
+        if self.credential_type == "metadata":
+            return "check the VM's service account and its access scopes"
+        if self._adc:
+            return _LOGIN
+        if self.credential_type in ("authorized_user", "external_account_authorized_user"):
+            return f"log in again or replace {self._file} ({_LOGIN} and copy the new file there)"
+        return f"replace {self._file} (profiles.{self.name}.credentials) with valid credentials"
+
+
+def _account_of(credentials: Any) -> str:
+    """The email google-auth knows for these credentials, else ""."""
+    for attr in ("service_account_email", "signer_email", "account"):
+        value = None
+        with contextlib.suppress(Exception):  # some properties compute and may raise
+            value = getattr(credentials, attr, None)
+        if isinstance(value, str) and "@" in value:
+            return value
+    return ""
+
+
+def _on_gce() -> bool:
+    """Whether ADC should fall back to the metadata server (without pinging it)."""
+    env = google.auth.environment_vars
+    if os.environ.get(env.GCE_METADATA_HOST) or os.environ.get(env.GCE_METADATA_ROOT):
+        return True
+    return bool(google.auth.compute_engine._metadata.detect_gce_residency_linux())  # type: ignore[no-untyped-call]
