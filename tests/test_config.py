@@ -121,7 +121,10 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are non-negative"),
         ("[profiles.default]\nscopes = []", "profiles.default.scopes: must list at least one"),
         ("[profiles.default]\nimpersonate = 'bob'", "profiles.default.impersonate: must be a"),
-        ("[profiles.default]\ntoken_uri = 'ftp://x'", "profiles.default.token_uri: must be an http"),
+        (
+            "[profiles.default]\ntoken_uri = 'ftp://x'",
+            "profiles.default.token_uri: must be an http",
+        ),
         ("[profiles.default.openai]\nproject = 'my-project'", "profiles.default.openai.location"),
         ("[profiles.'bad name']", "profiles: profile name 'bad name'"),
         (

@@ -13,7 +13,9 @@ from tokend.refresher import (
     REFRESH_FLOOR,
     backoff,
     next_refresh_at,
+    retire_at,
 )
+from tokend.token import Token
 
 lifetimes = st.floats(min_value=2.0, max_value=12 * 3600.0, allow_nan=False)
 instants = st.floats(min_value=0.0, max_value=4e9, allow_nan=False)
@@ -37,10 +39,8 @@ def test_jitter_stays_in_75_to_85_percent_unless_the_floor_pulls_it_earlier(
     at = next_refresh_at(issued, issued + lifetime, random.Random(seed))
     fraction = (at - issued) / lifetime
     assert fraction <= 0.85 + 1e-9
-    if lifetime * 0.25 >= REFRESH_FLOOR or lifetime * 0.75 <= lifetime - REFRESH_FLOOR:
-        # The floor is not in the way of the jitter window's lower end.
-        assert fraction >= 0.5 - 1e-9
-    if lifetime * 0.15 >= REFRESH_FLOOR:
+    if lifetime * 0.25 >= REFRESH_FLOOR or lifetime < 2 * REFRESH_FLOOR:
+        # The floor is not in the way: pure jitter window.
         assert fraction >= 0.75 - 1e-9
 
 
@@ -74,3 +74,13 @@ def test_backoff_grows_to_the_cap() -> None:
     for attempt, mean in enumerate(means):
         ceiling = min(BACKOFF_CAP, 2.0**attempt)
         assert abs(mean - ceiling / 2) < ceiling * 0.06 + BACKOFF_MIN
+
+
+@given(lifetimes, instants)
+def test_tokens_retire_shortly_before_expiry(lifetime: float, issued: float) -> None:
+    tok = Token("v", issued + lifetime, issued)
+    at = retire_at(tok)
+    assert issued + lifetime - 1.0 - 1e-6 <= at < issued + lifetime
+    # Retirement always comes after the scheduled refresh, so a healthy endpoint
+    # replaces every token before it is retired.
+    assert at > next_refresh_at(issued, issued + lifetime, random.Random(0))

@@ -1,0 +1,360 @@
+"""End to end: the real ``tokend run`` process against FakeGoogle, lifetimes of seconds.
+
+Each test is a scenario; the steps are numbered in its docstring.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+from tokend.testing import FakeGoogle
+from tokend.token import parse_time
+
+SA_EMAIL = "sa@fake-project.iam.gserviceaccount.com"
+
+
+def sa_config(fake: FakeGoogle, d: Path, extra: str = "") -> str:
+    creds = fake.write_service_account(d / "sa.json")
+    return f'[profiles.default]\ncredentials = "{creds}"\n{extra}'
+
+
+def current(d: Daemon) -> dict[str, object] | None:
+    raw = d.read("token.json")
+    return None if raw is None else json.loads(raw)
+
+
+def current_token(d: Daemon) -> str | None:
+    data = current(d)
+    return None if data is None else str(data["access_token"])
+
+
+def rotations(d: Daemon, n: int, timeout: float) -> list[str]:
+    """Collect ``n`` distinct tokens from token.json."""
+    seen: list[str] = []
+
+    def more() -> bool:
+        tok = current_token(d)
+        if tok and (not seen or seen[-1] != tok):
+            seen.append(tok)
+        return len(seen) >= n
+
+    wait_for(more, timeout, interval=0.05)
+    return seen
+
+
+# -- every credential kind ----------------------------------------------------------------
+
+
+def _kinds(fake: FakeGoogle, d: Path) -> dict[str, tuple[str, dict[str, str], str]]:
+    """kind -> (config, extra env, identity FakeGoogle records for its tokens)."""
+    sa = fake.write_service_account(d / "sa.json")
+    user = fake.write_authorized_user(d / "user.json", account="alice@example.com")
+    subject = d / "subject.txt"
+    subject.write_text("subject-token-from-an-external-idp")
+    ext = fake.write_external_account(d / "ext.json", subject, account="wif@example.com")
+    return {
+        "service_account": (f'[profiles.default]\ncredentials = "{sa}"\n', {}, SA_EMAIL),
+        "authorized_user": (
+            f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n',
+            {},
+            "alice@example.com",
+        ),
+        "adc_authorized_user": (
+            f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n',
+            {"GOOGLE_APPLICATION_CREDENTIALS": str(user)},
+            "alice@example.com",
+        ),
+        "metadata": (
+            '[profiles.default]\ncredentials = "metadata"\n',
+            {},
+            "vm@fake-project.iam.gserviceaccount.com",
+        ),
+        "impersonation": (
+            f'[profiles.default]\ncredentials = "{sa}"\n'
+            f'impersonate = "target@fake-project.iam.gserviceaccount.com"\n'
+            f'iam_endpoint = "{fake.iam_endpoint}"\n',
+            {},
+            "target@fake-project.iam.gserviceaccount.com",
+        ),
+        "external_account": (
+            f'[profiles.default]\ncredentials = "{ext}"\n',
+            {},
+            "wif@example.com",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "service_account",
+        "authorized_user",
+        "adc_authorized_user",
+        "metadata",
+        "impersonation",
+        "external_account",
+    ],
+)
+def test_files_rotate_before_expiry_for_every_credential_kind(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object, kind: str
+) -> None:
+    """1. Start tokend with 3-second tokens for one credential kind.
+    2. The three default files appear, 0600, in a 0700 runtime dir.
+    3. token.json rotates twice, each new token issued before the old one expired,
+       and every token belongs to the expected identity."""
+    config, env, identity = _kinds(fake, short_tmp)[kind]
+    fake.lifetime = 3.0
+    with daemon_factory(config, env=env) as d:  # type: ignore[operator]
+        assert oct(d.runtime_dir.stat().st_mode & 0o777) == "0o700"
+        for name in ("token", "token.json", "openai.env"):
+            assert oct(d.file(name).stat().st_mode & 0o777) == "0o600", name
+        t0 = time.time()
+        first = current(d)
+        assert first is not None
+        expires = parse_time(str(first["expires_at"]))
+        tokens = rotations(d, 3, timeout=12)
+        # The second token arrived while the first was still valid.
+        assert time.time() - t0 < 12
+        assert expires > t0
+        for tok in tokens:
+            assert fake.who(tok) == identity
+        assert d.read("token") == tokens[-1].encode() or fake.is_valid(d.read("token").decode())
+        env_text = d.read("openai.env").decode()
+        assert env_text.startswith("OPENAI_API_KEY=ya29.")
+        if kind in ("service_account", "impersonation"):
+            assert current(d)["account"] == identity
+        assert "token refreshed" in d.log()
+
+
+def test_readers_never_see_partial_or_expired_tokens(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. 2-second tokens; a reader thread polls all three files for 8 s.
+    2. Every read is complete (parses, matches a token FakeGoogle issued) and valid."""
+    fake.lifetime = 2.0
+    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
+        stop = time.monotonic() + 8
+        reads = bad = 0
+        problems: list[str] = []
+        while time.monotonic() < stop:
+            for name in ("token", "token.json", "openai.env"):
+                raw = d.read(name)
+                reads += 1
+                if raw is None:
+                    problems.append(f"{name} missing")
+                    continue
+                text = raw.decode()
+                if name == "token":
+                    tok = text
+                elif name == "token.json":
+                    tok = json.loads(text)["access_token"]
+                else:
+                    lines = dict(line.split("=", 1) for line in text.splitlines())
+                    tok = lines["OPENAI_API_KEY"]
+                    if int(lines["TOKEND_EXPIRES_AT"]) < int(time.time()):
+                        problems.append("env file past its expiry")
+                if not fake.is_valid(tok):
+                    bad += 1
+                    problems.append(f"{name}: invalid or expired token")
+        assert reads > 1000
+        assert problems == [] and bad == 0
+        assert fake.calls["token"] >= 4  # it really rotated underneath the reader
+
+
+def test_500s_keep_the_old_token_then_recover_with_backoff(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. 20-second tokens; after the first, the endpoint answers 500 for 5 s.
+    2. SIGUSR1 forces a refresh into the failure: the old token stays in the files.
+    3. The retries back off (far fewer calls than a hot loop would make).
+    4. After the outage a new token arrives within one backoff step."""
+    fake.lifetime = 20.0
+    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
+        first = current_token(d)
+        base = fake.calls["token"]
+        fake.fail(500)
+        d.signal(signal.SIGUSR1)
+        time.sleep(5)
+        failed_calls = fake.calls["token"] - base
+        assert 2 <= failed_calls <= 6, failed_calls  # 1 + retries after ~1, 2, 4 s ceilings
+        assert current_token(d) == first
+        assert fake.is_valid(first)
+        assert "refresh failed" in d.log()
+        fake.clear_faults()
+        wait_for(lambda: current_token(d) != first, timeout=10)
+        assert fake.is_valid(current_token(d))
+        times = [t for t, kind, status in fake.call_log if status == 500]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(g >= 0.09 for g in gaps), gaps
+
+
+def test_invalid_grant_needs_reauth_and_recovers_when_the_file_changes(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. A user login (authorized_user) with 30-second tokens.
+    2. The grant is revoked and a refresh is forced: state reauth_required, a log line
+       with the gcloud fix, no retry on a timer, the old token still served.
+    3. `gcloud auth application-default login` rewrites the file: a new token at once."""
+    fake.lifetime = 30.0
+    user = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
+    config = f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n'
+    with daemon_factory(config) as d:  # type: ignore[operator]
+        first = current_token(d)
+        fake.invalid_grant()
+        d.signal(signal.SIGUSR1)
+        d.wait_log("reauth_required")
+        assert f"log in again or replace {user}" in d.log()
+        calls = fake.calls["token"]
+        time.sleep(2)
+        assert fake.calls["token"] == calls  # not retried on a timer
+        assert current_token(d) == first
+        fake.clear_faults()
+        t0 = time.monotonic()
+        fake.write_authorized_user(user, account="alice@example.com")  # a fresh login
+        wait_for(lambda: current_token(d) != first, timeout=5)
+        assert time.monotonic() - t0 < 3
+        assert fake.who(current_token(d)) == "alice@example.com"
+
+
+def test_new_identity_in_the_adc_file_replaces_the_token_at_once(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. ADC (GOOGLE_APPLICATION_CREDENTIALS) is alice's login, tokens live an hour.
+    2. The file is rewritten for bob: within a second or two the files hold bob's token."""
+    adc = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
+    config = f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
+    with daemon_factory(config, env=env) as d:  # type: ignore[operator]
+        assert fake.who(current_token(d)) == "alice@example.com"
+        t0 = time.monotonic()
+        # gcloud writes a temp file and renames it over the old one.
+        fake.write_authorized_user(short_tmp / "adc.json.tmp", account="bob@example.com")
+        os.replace(short_tmp / "adc.json.tmp", adc)
+        wait_for(lambda: fake.who(current_token(d)) == "bob@example.com", timeout=5)
+        assert time.monotonic() - t0 < 3
+        assert fake.who(d.read("token").decode()) == "bob@example.com"
+
+
+def test_outage_past_expiry_removes_the_files_then_recovers(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. 3-second tokens, then the endpoint fails with 503 for good.
+    2. When the token expires, every file is removed (no file ever holds an expired
+       token) and the log says why.
+    3. The endpoint recovers: files come back with a valid token."""
+    fake.lifetime = 3.0
+    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
+        expires = parse_time(str(current(d)["expires_at"]))
+        fake.fail(503)
+        names = ("token", "token.json", "openai.env")
+        wait_for(lambda: all(d.read(n) is None for n in names), timeout=8)
+        assert time.time() >= expires - 1
+        d.wait_log("expired with no successor")
+        fake.clear_faults()
+        d.signal(signal.SIGUSR1)
+        wait_for(lambda: d.read("token.json") is not None, timeout=10)
+        assert fake.is_valid(current_token(d))
+
+
+def test_deleted_files_and_runtime_dir_are_rewritten(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. A sink file is deleted: rewritten within a second.
+    2. The whole runtime dir is deleted: recreated 0700 with all files within a second."""
+    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
+        tok = current_token(d)
+        d.file("token").unlink()
+        wait_for(lambda: d.read("token") == tok.encode(), timeout=1.5)
+        shutil.rmtree(d.runtime_dir)
+        wait_for(lambda: d.read("openai.env") is not None and d.read("token") is not None, 1.5)
+        assert oct(d.runtime_dir.stat().st_mode & 0o777) == "0o700"
+        assert current_token(d) == tok
+
+
+def test_sighup_and_config_edits_reload_and_bad_config_is_ignored(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. Running with the default sinks.
+    2. The config gains an env sink elsewhere (file edited): it appears.
+    3. A broken config (SIGHUP): logged, the daemon keeps running on the old one."""
+    config = sa_config(fake, short_tmp)
+    with daemon_factory(config) as d:  # type: ignore[operator]
+        d.config_path.write_text(
+            config + '[[profiles.default.sinks]]\npath = "only.env"\nformat = "env"\n'
+        )
+        wait_for(lambda: d.read("only.env") is not None, timeout=5)
+        assert d.read("token.json") is None  # default sinks replaced by the configured one
+        d.config_path.write_text(config + "bogus = 1\n")
+        d.signal(signal.SIGHUP)
+        d.wait_log("configuration not reloaded, keeping the running one")
+        assert "bogus: unknown key" in d.log()
+        assert d.proc.poll() is None
+        assert d.read("only.env") is not None
+
+
+def test_sigterm_exits_0_within_a_second_and_keeps_valid_files(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. SIGTERM while a refresh hangs on the network: exit 0 in under a second.
+    2. The still-valid token files stay; a restart serves them until its own refresh."""
+    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
+        tok = current_token(d)
+        fake.hang(30)
+        d.signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert d.stop(timeout=5) == 0
+        assert time.monotonic() - t0 < 1.0
+        fake.clear_faults()
+        assert current_token(d) == tok
+
+
+def test_run_once(fake: FakeGoogle, short_tmp: Path) -> None:
+    """``tokend run --once``: writes the files and exits 0; revoked credentials exit 3
+    with one line naming the fix."""
+    config = short_tmp / "config.toml"
+    user = fake.write_authorized_user(short_tmp / "user.json")
+    config.write_text(
+        f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n'
+    )
+    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(short_tmp / "rt")}
+    cmd = [sys.executable, "-m", "tokend", "run", "--once", "--config", str(config)]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert fake.is_valid((short_tmp / "rt" / "token").read_text())
+    fake.invalid_grant()
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 3
+    assert f"invalid_grant; log in again or replace {user}" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    for secret in fake.secrets():
+        assert secret not in ok.stderr + bad.stderr
+
+
+def test_unsafe_runtime_dir_is_refused(fake: FakeGoogle, short_tmp: Path) -> None:
+    rt = short_tmp / "rt"
+    rt.mkdir(mode=0o755)
+    rt.chmod(0o755)
+    config = short_tmp / "config.toml"
+    config.write_text(sa_config(fake, short_tmp))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokend", "run", "--config", str(config)],
+        env={**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(rt)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert f"chmod 700 {rt}" in proc.stderr
+    assert os.listdir(rt) == []

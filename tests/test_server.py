@@ -1,0 +1,395 @@
+"""The socket API end to end: a real ``tokend run`` against FakeGoogle, asked over its
+Unix socket with curl, raw sockets and tokend.client."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from tokend.testing import FakeGoogle
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+
+
+def sa_config(fake: FakeGoogle, directory: Path, extra: str = "") -> str:
+    sa = fake.write_service_account(directory / "sa.json")
+    return f'[profiles.default]\ncredentials = "{sa}"\n{extra}'
+
+
+def get(sock: Path, target: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 GET over a Unix socket: (status, headers, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def get_json(sock: Path, target: str) -> tuple[int, Any]:
+    status, _, body = get(sock, target)
+    return status, json.loads(body)
+
+
+def curl(
+    sock: Path, target: str, *extra: str, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--unix-socket",
+            str(sock),
+            *extra,
+            f"http://tokend{target}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        user=user,
+    )
+
+
+def test_curl_client_and_file_agree(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. The socket, the json file and tokend.client hand out the same token.
+    2. It is one FakeGoogle issued and considers valid; the socket is 0600."""
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+        out = curl(sock, "/v1/token")
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout)
+        on_disk = json.loads(d.read("token.json") or b"{}")
+        assert answer["access_token"] == on_disk["access_token"] == d.read("token").decode()
+        assert fake.is_valid(answer["access_token"])
+        assert answer["token_type"] == "Bearer" and answer["profile"] == "default"
+        assert answer["account"] == fake.who(answer["access_token"])
+        assert 0 < answer["expires_in"] <= fake.lifetime
+        code = (
+            "import tokend.client as c; "
+            "print(c.token(min_valid=0)); print(c.token(min_valid=10**4))"
+        )
+        env = {
+            **os.environ,
+            "TOKEND_RUNTIME_DIR": str(d.runtime_dir),
+            "TOKEND_CONFIG": "/nonexistent",
+        }
+        out2 = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=20
+        )
+        file_token, socket_token = out2.stdout.split()
+        assert file_token == answer["access_token"]
+        # min_valid beyond any lifetime: asked the socket, got the daemon's best.
+        assert fake.is_valid(socket_token)
+
+
+def test_min_valid_refreshes_once_for_fifty_concurrent_requests(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. A 60 s token; after a second, 50 clients at once want 59.5 s of validity.
+    2. The fetch is slowed so all 50 arrive while it is in flight.
+    3. Exactly one more call reached the token endpoint; all 50 got the new token."""
+    fake.lifetime = 60
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        old = json.loads(d.read("token.json") or b"{}")["access_token"]
+        time.sleep(1.1)
+        before = fake.calls["token"]
+        fake.hang(0.5, count=1)
+        barrier = threading.Barrier(50)
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def ask() -> None:
+            barrier.wait()
+            status, body = get_json(sock, "/v1/token?min_valid=59.5")
+            with lock:
+                results.append((status, body.get("access_token", "")))
+
+        threads = [threading.Thread(target=ask) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert len(results) == 50
+        assert {s for s, _ in results} == {200}
+        tokens = {t for _, t in results}
+        assert len(tokens) == 1 and old not in tokens
+        assert fake.calls["token"] == before + 1
+        # The file follows the socket.
+        wait_for(lambda: json.loads(d.read("token.json") or b"{}").get("access_token") in tokens)
+
+
+def test_status_health_metrics_and_errors(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. /v1/status describes both profiles and holds no token.
+    2. /healthz is 503 while one profile has no token, with its name.
+    3. The broken profile answers 503 with an error code and the fix.
+    4. /metrics speaks Prometheus; unknown paths/profiles are 404, bad params 400."""
+    extra = f'[profiles.broken]\ncredentials = "{short_tmp}/missing.json"\n'
+    with daemon_factory(sa_config(fake, short_tmp, extra)) as d:
+        sock = d.file("tokend.sock")
+        token = json.loads(d.read("token.json") or b"{}")["access_token"]
+        status, body = get_json(sock, "/v1/status")
+        assert status == 200
+        assert set(body["profiles"]) == {"default", "broken"}
+        assert body["profiles"]["default"]["state"] == "fresh"
+        wait_for(
+            lambda: (
+                get_json(sock, "/v1/status")[1]["profiles"]["broken"]["state"] == "reauth_required"
+            )
+        )
+        raw_status = get(sock, "/v1/status")[2].decode()
+        assert token not in raw_status
+
+        status, body = get_json(sock, "/healthz")
+        assert status == 503 and body["profiles_without_token"] == ["broken"]
+
+        status, body = get_json(sock, "/v1/token?profile=broken&wait=2")
+        assert status == 503
+        assert body["error"] == "credentials_missing"
+        print(body["detail"])
+        assert "missing.json" in body["detail"] and "credentials" in body["detail"]
+
+        status, headers, text = get(sock, "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        metrics = text.decode()
+        assert 'tokend_refreshes_total{profile="default"} 1.0' in metrics
+        assert 'tokend_token_valid{profile="broken"} 0.0' in metrics
+        assert "tokend_token_expiry_seconds" in metrics
+        assert 'tokend_requests_total{path="/v1/status",status="200"}' in metrics
+        assert token not in metrics
+
+        assert get_json(sock, "/nope")[0] == 404
+        status, body = get_json(sock, "/v1/token?profile=nope")
+        assert status == 404 and body["error"] == "unknown_profile" and "default" in body["detail"]
+        for bad in ("min_valid=abc", "min_valid=-1", "wait=1e9", "min_valid=nan"):
+            status, body = get_json(sock, f"/v1/token?{bad}")
+            assert status == 400 and body["error"] == "bad_request", bad
+
+
+def test_healthz_ok_and_wait_for_first_token(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. The first fetch is slow; a client asking with wait=10 gets the token when it lands.
+    2. /healthz turns 200."""
+    fake.hang(1.5, count=1)
+    with daemon_factory(sa_config(fake, short_tmp), wait_ready=False) as d:
+        sock = d.file("tokend.sock")
+        wait_for(sock.exists)
+        assert get_json(sock, "/v1/token")[0] == 503  # nothing yet, and no waiting asked
+        t0 = time.monotonic()
+        status, body = get_json(sock, "/v1/token?wait=10")
+        assert status == 200 and fake.is_valid(body["access_token"])
+        assert time.monotonic() - t0 < 5
+        assert get_json(sock, "/healthz") == (200, {"status": "ok"})
+
+
+def test_bad_clients_do_not_disturb_others(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. Half-open connections (nothing sent, or half a request line), garbage and a
+       1 MiB request line hit the socket.
+    2. Meanwhile a well-behaved client keeps getting answers, quickly.
+    3. The bad requests get a 4xx or are closed; idle ones time out."""
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = str(d.file("tokend.sock"))
+        latencies: list[float] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def good_client() -> None:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    status, _, _ = get(Path(sock), "/v1/token")
+                    if status != 200:
+                        failures.append(str(status))
+                except OSError as err:
+                    failures.append(repr(err))
+                latencies.append(time.monotonic() - t0)
+
+        worker = threading.Thread(target=good_client)
+        worker.start()
+        try:
+            idle = []
+            for i in range(20):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sock)
+                if i % 2:
+                    s.sendall(b"GET /v1/tok")  # a request line that never ends
+                idle.append(s)
+
+            def bad(payload: bytes) -> bytes:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(10)
+                    s.connect(sock)
+                    try:
+                        s.sendall(payload)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # answered (400) and closed before it had read everything
+                    data = b""
+                    try:
+                        while chunk := s.recv(65536):
+                            data += chunk
+                    except ConnectionResetError:
+                        pass
+                    return data
+
+            assert bad(b"\x00\xff garbage \r\n\r\n").split()[1] == b"400"
+            big = bad(b"GET /v1/token?" + b"a" * (1 << 20) + b" HTTP/1.1\r\n\r\n")
+            assert big == b"" or big.split()[1].startswith(b"4"), big[:100]
+            huge_header = bad(b"GET /healthz HTTP/1.1\r\nX: " + b"b" * 100_000 + b"\r\n\r\n")
+            assert huge_header == b"" or huge_header.split()[1].startswith(b"4")
+            many = "".join(f"X-{i}: y\r\n" for i in range(200)).encode()
+            assert bad(b"GET /healthz HTTP/1.1\r\n" + many + b"\r\n").split()[1].startswith(b"4")
+
+            # Idle and half-sent connections are closed by the server (idle timeout 5 s).
+            for s in idle:
+                s.settimeout(10)
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+                s.close()
+        finally:
+            stop.set()
+            worker.join(10)
+        assert not failures, failures[:5]
+        assert len(latencies) > 20
+        assert max(latencies) < 1.0, max(latencies)
+
+
+def test_stale_socket_replaced_and_live_socket_refused(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. A socket file from a crashed run is replaced.
+    2. A second tokend on the same socket exits 2 with a clear line and writes nothing."""
+    runtime = short_tmp / "rt"
+    runtime.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(runtime / "tokend.sock"))
+    stale.close()  # the file stays, nobody listens: what a SIGKILL-ed daemon leaves
+    config = sa_config(fake, short_tmp)
+    with daemon_factory(config) as d:
+        assert "removed stale socket" in d.log()
+        sock = d.file("tokend.sock")
+        assert get(sock, "/healthz")[0] == 200
+        calls = fake.calls["token"]
+        token_file = d.read("token.json")
+        second = subprocess.run(
+            [sys.executable, "-m", "tokend", "run", "--config", str(d.config_path)],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert second.returncode == 2
+        assert "another tokend is already serving" in second.stderr
+        assert fake.calls["token"] == calls and d.read("token.json") == token_file
+        assert get(sock, "/healthz")[0] == 200  # the first one is unharmed
+    assert not (runtime / "tokend.sock").exists()  # removed on a clean stop
+
+
+TEST_USER = "tokendtest"
+#: An interpreter the throw-away user can run: the venv's may live in a private home.
+PYTHON = next(
+    (
+        p
+        for p in ("/usr/bin/python3", "/usr/local/bin/python3", sys.executable)
+        if os.path.exists(p)
+    ),
+    sys.executable,
+)
+PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+print("connected", flush=True)
+try:
+    s.sendall(b"GET /v1/token HTTP/1.1\\r\\nHost: tokend\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    print(f"reply {len(data)} bytes")
+except (ConnectionResetError, BrokenPipeError):
+    print("reset")
+"""
+
+
+def _throwaway_user() -> str:
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+            capture_output=True,
+        )
+    return TEST_USER
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create and become another user")
+@pytest.mark.skipif(shutil.which("useradd") is None, reason="needs useradd")
+def test_other_uid_refused_even_with_socket_chmod_666(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. The socket is made reachable for everyone: chmod 666 and a hard link in a
+       world-readable directory (the runtime dir itself stays 0700).
+    2. Root gets a token through the link; another user gets no response at all.
+    3. The refusal is logged once, with the uid and no secret."""
+    user = _throwaway_user()
+    uid = pwd.getpwnam(user).pw_uid
+    try:
+        subprocess.run([PYTHON, "-I", "-c", "pass"], check=True, user=user, timeout=10)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"no Python interpreter that {user} may run")
+    public = Path(tempfile.mkdtemp(prefix="tkp", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        with daemon_factory(sa_config(fake, short_tmp)) as d:
+            sock = d.file("tokend.sock")
+            sock.chmod(0o666)
+            link = public / "s"
+            os.link(sock, link)
+            assert curl(link, "/healthz").returncode == 0
+            for _ in range(3):
+                out = subprocess.run(
+                    [PYTHON, "-I", "-c", PROBE, str(link)],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    user=user,
+                )
+                # It could connect (the file allows it), and got not a byte back.
+                assert out.stdout.splitlines()[0] == "connected", out.stderr
+                assert out.stdout.splitlines()[1] in ("reply 0 bytes", "reset"), out.stdout
+            d.wait_log(f"from uid {uid}")
+            assert d.log().count(f"from uid {uid}") == 1
+    finally:
+        shutil.rmtree(public, ignore_errors=True)

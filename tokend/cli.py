@@ -1,0 +1,377 @@
+"""The ``tokend`` command: argparse, one thin function per subcommand.
+
+Client-side subcommands must start fast, so this module imports nothing heavy at the
+top: the daemon's dependencies (pydantic, google-auth, watchdog, aiohttp) are imported
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from tokend import __version__
+from tokend.errors import ConfigError, TokendError, UnsafePathError
+
+__all__ = ["EXIT_CONFIG", "EXIT_CREDENTIALS", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
+
+EXIT_OK = 0
+EXIT_UNAVAILABLE = 1  #: no token could be had / generic failure
+EXIT_CONFIG = 2  #: invalid configuration or unsafe paths (also argparse usage errors)
+EXIT_CREDENTIALS = 3  #: credentials missing/revoked or the refresh failed
+
+log = logging.getLogger("tokend")
+
+
+class _Formatter(logging.Formatter):
+    """One line per event. Under journald (``JOURNAL_STREAM`` set) no timestamp, which
+    journald adds itself, and a ``<N>`` syslog priority prefix it understands."""
+
+    _PRIORITY: ClassVar[dict[str, int]] = {
+        "DEBUG": 7,
+        "INFO": 6,
+        "WARNING": 4,
+        "ERROR": 3,
+        "CRITICAL": 2,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__(
+            "%(message)s" if journal else "%(asctime)s tokend %(levelname)s: %(message)s"
+        )
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", " | ")
+        if self.journal:
+            return f"<{self._PRIORITY.get(record.levelname, 6)}>{text}"
+        return text
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Libraries below us log request details at DEBUG; never let them near the output.
+    for noisy in ("google", "urllib3", "requests", "watchdog", "aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- subcommands -----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tokend import config as config_mod
+    from tokend.daemon import Daemon, harden_process, run_once
+
+    harden_process()
+    setup_logging(args.verbose)
+    cfg_path, _named = config_mod.resolve_config_path(args.config)
+    try:
+        cfg = config_mod.load(args.config)
+        if args.once:
+            return run_once(cfg)
+        daemon = Daemon(cfg, cfg_path)
+        return asyncio.run(daemon.run())
+    except (ConfigError, UnsafePathError) as err:
+        log.error("%s", err)
+        return EXIT_CONFIG
+
+
+def _emit_json(data: object) -> None:
+    """The one JSON emitter: every ``--format json`` / ``--json`` output goes through it."""
+    import json
+
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from tokend import client
+
+    info = client.token_info(args.profile, args.min_valid)
+    if args.format == "json":
+        _emit_json(info.as_dict())
+    elif args.format == "header":
+        print(f"Authorization: Bearer {info.value}")
+    else:
+        print(info.value)
+    return EXIT_OK
+
+
+def _token_env(profile: str, min_valid: float) -> dict[str, str]:
+    """OPENAI_API_KEY, OPENAI_BASE_URL (when the profile names one), TOKEND_EXPIRES_AT."""
+    from tokend import client
+
+    info = client.token_info(profile, min_valid)
+    env = {"OPENAI_API_KEY": info.value}
+    base_url = client.openai_base_url(profile)
+    if base_url:
+        env["OPENAI_BASE_URL"] = base_url
+    # Epoch seconds, so a shell can compare it with `date +%s`.
+    env["TOKEND_EXPIRES_AT"] = str(int(info.expires_at))
+    return env
+
+
+def _fish_quote(value: str) -> str:
+    # Inside fish single quotes only \\ and \' are special.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _dotenv_value(value: str) -> str:
+    # Tokens and URLs need no quotes; anything else gets double quotes that python-dotenv,
+    # docker compose and `set -a; . file` read the same way.
+    if all(c.isalnum() or c in "._~:/@%+=,-" for c in value):
+        return value
+    escaped = "".join("\\" + c if c in '\\"$`' else c for c in value)
+    return f'"{escaped}"'
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    env = _token_env(args.profile, args.min_valid)
+    if args.format == "json":
+        _emit_json(env)
+    elif args.format == "fish":
+        for key, value in env.items():
+            print(f"set -gx {key} {_fish_quote(value)};")
+    elif args.format == "dotenv":
+        for key, value in env.items():
+            print(f"{key}={_dotenv_value(value)}")
+    else:
+        for key, value in env.items():
+            print(f"export {key}={shlex.quote(value)}")
+    return EXIT_OK
+
+
+#: Signals ``tokend exec`` passes on to its child.
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+def _keyboard_signal_reached_child(signum: int) -> bool:
+    """True when ``signum`` most likely came from the terminal (Ctrl-C, Ctrl-\\): the
+    kernel sent it to the whole foreground process group, child included, so forwarding
+    it would deliver it twice (and a second Ctrl-C means "force quit" to many tools)."""
+    import signal
+
+    if signum not in (signal.SIGINT, signal.SIGQUIT):
+        return False
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no controlling terminal: the signal came from kill(2)
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("tokend: exec: no command given (tokend exec -- CMD ARGS...)", file=sys.stderr)
+        return EXIT_CONFIG
+    env = {**os.environ, **_token_env(args.profile, args.min_valid)}
+    expires_at = int(env["TOKEND_EXPIRES_AT"])
+
+    proc: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc is None:
+            pending.append(signum)  # arrived while spawning: delivered right after
+        elif proc.returncode is None and not _keyboard_signal_reached_child(signum):
+            proc.send_signal(signum)
+
+    # Handlers go in before the child exists, so no signal can kill us and orphan it.
+    # exec() resets caught signals to their defaults in the child.
+    previous = {}
+    for name in FORWARDED_SIGNALS:
+        sig = getattr(signal, name)
+        previous[sig] = signal.signal(sig, forward)
+
+    def warn_expired() -> None:
+        print(
+            f"tokend: warning: the token given to {argv[0]} expired at "
+            f"{time.strftime('%H:%M:%S', time.localtime(expires_at))} and it is still "
+            "running; long-running programs should ask for a token per request "
+            "(tokend.client.token, the token file or the socket)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    timer = threading.Timer(max(0.0, expires_at - time.time()), warn_expired)
+    timer.daemon = True
+    try:
+        try:
+            proc = subprocess.Popen(argv, env=env)
+        except FileNotFoundError:
+            print(f"tokend: exec: {argv[0]}: command not found", file=sys.stderr)
+            return 127
+        except PermissionError:
+            print(f"tokend: exec: {argv[0]}: permission denied", file=sys.stderr)
+            return 126
+        for signum in pending:
+            proc.send_signal(signum)
+        timer.start()
+        rc = proc.wait()  # PEP 475: retried after each forwarded signal
+    finally:
+        timer.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # A child killed by signal N exits 128+N, the way shells report it.
+    return 128 - rc if rc < 0 else rc
+
+
+def _ago(iso: str | None, now: float, *, future: bool) -> str:
+    if not iso:
+        return "-"
+    from tokend.token import parse_time
+
+    delta = int(parse_time(iso) - now) if future else int(now - parse_time(iso))
+    if delta < 0:
+        return "now" if future else "-"
+    text = _duration(delta)
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from tokend import client
+
+    status = client.daemon_status()
+    healthy = bool(status.get("healthy"))
+    if args.json:
+        _emit_json(status)
+        return EXIT_OK if healthy else EXIT_UNAVAILABLE
+    now = time.time()
+    rows = [("PROFILE", "ACCOUNT", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
+    for name, p in (status.get("profiles") or {}).items():
+        expires_in = p.get("expires_in")
+        rows.append(
+            (
+                name,
+                p.get("account") or "-",
+                p.get("state") or "?",
+                "-" if expires_in is None else _duration(int(expires_in)),
+                _ago(p.get("next_refresh"), now, future=True),
+                (p.get("last_error") or "-").replace("\n", " "),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    return EXIT_OK if healthy else EXIT_UNAVAILABLE
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokend",
+        description="Keep a Google ADC access token fresh for every local program.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokend {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the daemon (foreground)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $TOKEND_CONFIG, "
+        "else the platform config dir's tokend/config.toml)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="fetch every profile, write its files and exit"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_run)
+
+    def profile_opts(p: argparse.ArgumentParser, min_valid: bool = True) -> None:
+        p.add_argument("-p", "--profile", default="default", help="profile (default: default)")
+        if min_valid:
+            p.add_argument(
+                "--min-valid",
+                type=float,
+                default=60.0,
+                metavar="N",
+                help="seconds the token must stay valid; the daemon refreshes first "
+                "when less remain (default: 60)",
+            )
+
+    p = sub.add_parser("token", help="print the current token")
+    profile_opts(p)
+    p.add_argument(
+        "--format",
+        choices=("raw", "json", "header"),
+        default="raw",
+        help="raw token, the /v1/token JSON object, or an Authorization header line",
+    )
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "env",
+        help="print OPENAI_API_KEY, OPENAI_BASE_URL and TOKEND_EXPIRES_AT for a shell",
+        description='eval "$(tokend env)" sets OPENAI_API_KEY (and OPENAI_BASE_URL when '
+        "the profile has an [openai] table) in the current shell.",
+    )
+    profile_opts(p)
+    p.add_argument("--format", choices=("sh", "fish", "dotenv", "json"), default="sh")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser(
+        "exec",
+        help="run a command with OPENAI_API_KEY set",
+        description="Run CMD with OPENAI_API_KEY, OPENAI_BASE_URL and TOKEND_EXPIRES_AT "
+        "in its environment; signals are forwarded and its exit code is returned.",
+    )
+    profile_opts(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("status", help="show the daemon's profiles (never a token)")
+    p.add_argument("--json", action="store_true", help="print the /v1/status object")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokend`` console script. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except TokendError as err:
+        print(f"tokend: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE

@@ -1,0 +1,496 @@
+"""Get a fresh token from tokend: stdlib only, microseconds on the common path.
+
+File first: the profile's ``json`` token file, which the daemon replaces atomically, is
+read and parsed (cached by inode and mtime, so a call costs one ``stat``). When it is
+missing or too close to expiry, the Unix socket is asked with ``min_valid``, which makes
+the daemon refresh first. :class:`TokenUnavailable` says what to do when neither works.
+
+Paths come from ``TOKEND_RUNTIME_DIR`` / ``TOKEND_SOCKET``, the config file
+(``TOKEND_CONFIG`` or the platform default, read with :mod:`tomllib`) and the same
+platform defaults the daemon uses, computed here without importing platformdirs.
+
+Use with the OpenAI SDK, which calls the key provider before every request::
+
+    client = openai.OpenAI(api_key=tokend.client.token, base_url=tokend.client.openai_base_url())
+    aclient = openai.AsyncOpenAI(api_key=tokend.client.token_async, base_url=...)
+
+This module must never import pydantic, google-auth, watchdog or aiohttp (a test checks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokend.errors import TokenUnavailable
+from tokend.token import format_time, parse_time
+
+__all__ = [
+    "TokenInfo",
+    "TokenUnavailable",
+    "daemon_status",
+    "openai_base_url",
+    "socket_path",
+    "token",
+    "token_async",
+    "token_file_path",
+    "token_info",
+    "token_info_async",
+]
+
+APP = "tokend"
+#: Seconds to wait for the daemon's answer (it may be refreshing, bounded by its own
+#: fetch timeout of at most 10 s by default).
+SOCKET_TIMEOUT = 15.0
+#: When the daemon has just started and holds no token yet, let it finish its first
+#: fetch instead of failing at once.
+SOCKET_WAIT = 5.0
+_MAX_RESPONSE = 1 << 20
+
+_START_HINT = "start it with `systemctl --user start tokend` (or run `tokend run`)"
+_LOGIN_HINT = "if it cannot refresh, run `gcloud auth application-default login`"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token and what is known about it. ``repr`` never shows the value."""
+
+    value: str = field(repr=False)
+    expires_at: float  #: epoch seconds
+    account: str
+    scopes: tuple[str, ...]
+    profile: str
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenInfo(profile={self.profile!r}, account={self.account!r}, "
+            f"expires_in={int(self.expires_in)}s)"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def expires_in(self) -> float:
+        """Seconds until expiry (negative once expired)."""
+        return self.expires_at - time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``/v1/token`` object (what ``tokend token --format json`` prints)."""
+        return {
+            "access_token": self.value,
+            "token_type": "Bearer",
+            "expires_at": format_time(self.expires_at),
+            "expires_in": max(0, int(self.expires_in)),
+            "profile": self.profile,
+            "account": self.account,
+            "scopes": list(self.scopes),
+        }
+
+
+def _info_from(data: Any) -> TokenInfo:
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    value = data["access_token"]
+    if not isinstance(value, str) or not value:
+        raise ValueError("access_token must be a non-empty string")
+    return TokenInfo(
+        value=value,
+        expires_at=parse_time(str(data["expires_at"])),
+        account=str(data.get("account") or ""),
+        scopes=tuple(str(s) for s in data.get("scopes") or ()),
+        profile=str(data.get("profile") or "default"),
+    )
+
+
+# -- paths ------------------------------------------------------------------------------
+
+
+def _default_runtime_dirs() -> list[Path]:
+    """Where the daemon's platformdirs default may put the runtime dir, most likely
+    first (platformdirs' ``user_runtime_dir("tokend")``: XDG_RUNTIME_DIR when it is an
+    absolute path, else ``/run/user/$UID``, else ``$TMPDIR/runtime-$UID`` on Linux;
+    ``~/Library/Caches/TemporaryItems`` on macOS). platformdirs validates owner and
+    mode before it picks one; trying each where a file exists gives the same answer
+    without repeating those checks."""
+    uid = os.geteuid()
+    bases: list[str] = []
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg.startswith("/"):
+        bases.append(xdg)
+    if sys.platform == "darwin":
+        bases.append(os.path.expanduser("~/Library/Caches/TemporaryItems"))
+    else:
+        bases.append(f"/run/user/{uid}")
+        import tempfile  # only here: most calls never reach the fallback
+
+        bases.append(os.path.join(tempfile.gettempdir(), f"runtime-{uid}"))
+    return [Path(b) / APP for b in bases]
+
+
+def _config_path() -> Path:
+    if os.environ.get("TOKEND_CONFIG"):
+        return Path(os.environ["TOKEND_CONFIG"]).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    if xdg.startswith("/"):
+        base = xdg
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        base = os.path.expanduser("~/.config")
+    return Path(base) / APP / "config.toml"
+
+
+_config_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
+def _config() -> dict[str, Any]:
+    """The parsed config file, ``{}`` when there is none. Cached by inode and mtime."""
+    path = _config_path()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _config_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    import tomllib  # here: without a config file (the common case) it is never needed
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise TokenUnavailable(f"{path}: cannot read the tokend config: {err}") from None
+    _config_cache[path] = (key, data)
+    return data
+
+
+def _table(data: Any, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _runtime_dir(cfg: dict[str, Any], probe: str) -> Path:
+    if os.environ.get("TOKEND_RUNTIME_DIR"):
+        return Path(os.environ["TOKEND_RUNTIME_DIR"]).expanduser()
+    configured = cfg.get("runtime_dir")
+    if isinstance(configured, str) and configured:
+        return Path(configured).expanduser()
+    candidates = _default_runtime_dirs()
+    for d in candidates:
+        if os.path.exists(d / probe):
+            return d
+    return candidates[0]
+
+
+def token_file_path(profile: str = "default") -> Path | None:
+    """The profile's ``json`` token file, or None when its sinks include none.
+
+    Args:
+        profile: the profile name.
+
+    Returns:
+        The path (which may not exist yet), or None.
+    """
+    cfg = _config()
+    sinks = _table(cfg, "profiles", profile).get("sinks")
+    if isinstance(sinks, list):
+        for sink in sinks:
+            if isinstance(sink, dict) and sink.get("format") == "json" and sink.get("path"):
+                path = Path(str(sink["path"])).expanduser()
+                return path if path.is_absolute() else _runtime_dir(cfg, str(path)) / path
+        return None
+    name = "token.json" if profile == "default" else f"{profile}.token.json"
+    return _runtime_dir(cfg, name) / name
+
+
+def socket_path() -> Path | None:
+    """The daemon's socket: ``TOKEND_SOCKET``, else ``socket.path`` from the config
+    file (``""`` turns it off: None), else ``tokend.sock`` in the runtime dir."""
+    if os.environ.get("TOKEND_SOCKET"):
+        return Path(os.environ["TOKEND_SOCKET"]).expanduser()
+    cfg = _config()
+    configured = _table(cfg, "socket").get("path", "tokend.sock")
+    if not isinstance(configured, str) or not configured:
+        return None
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else _runtime_dir(cfg, configured) / path
+
+
+def openai_base_url(profile: str = "default") -> str | None:
+    """The Vertex AI OpenAI-compatible base URL from the profile's ``[openai]`` table.
+
+    Args:
+        profile: the profile name.
+
+    Returns:
+        ``https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/
+        {location}/endpoints/{endpoint}`` (host ``aiplatform.googleapis.com`` for
+        location ``global``), or None when the profile has no ``[openai]`` table.
+    """
+    section = _table(_config(), "profiles", profile, "openai")
+    project, location = section.get("project"), section.get("location")
+    if not (isinstance(project, str) and project and isinstance(location, str) and location):
+        return None
+    from urllib.parse import quote
+
+    endpoint = str(section.get("endpoint") or "openapi")
+    host = (
+        "aiplatform.googleapis.com"
+        if location == "global"
+        else f"{location}-aiplatform.googleapis.com"
+    )
+    return (
+        f"https://{host}/v1/projects/{quote(project, safe=':.')}/locations/"
+        f"{quote(location, safe='')}/endpoints/{quote(endpoint, safe='')}"
+    )
+
+
+# -- the file ---------------------------------------------------------------------------
+
+_file_cache: dict[Path, tuple[tuple[int, int, int], TokenInfo]] = {}
+
+
+def _read_file(path: Path) -> TokenInfo | None:
+    """The token in a json sink, or None when missing or unreadable. The daemon replaces
+    the file by rename, so (inode, mtime, size) changes with every new token."""
+    try:
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _file_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with open(path, "rb") as f:
+            data = json.loads(f.read(_MAX_RESPONSE))
+        info = _info_from(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    _file_cache[path] = (key, info)
+    return info
+
+
+def _from_file(profile: str, min_valid: float) -> tuple[TokenInfo | None, str]:
+    """(token, why not) from the profile's file."""
+    path = token_file_path(profile)
+    if path is None:
+        return None, f"profile {profile!r} has no json token file"
+    info = _read_file(path)
+    if info is None:
+        return None, f"no token file at {path}"
+    if info.profile != profile:
+        return None, f"{path} holds profile {info.profile!r}, not {profile!r}"
+    left = info.expires_in
+    if left <= min_valid:
+        state = "expired" if left <= 0 else f"expires in {int(left)}s"
+        return None, f"the token in {path} {state} (wanted at least {min_valid:g}s)"
+    return info, ""
+
+
+# -- the socket -------------------------------------------------------------------------
+
+
+class _SocketError(Exception):
+    """The daemon could not be asked, or said no (``answered``); the message says why
+    and what to do."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
+    """One ``GET`` over the Unix socket: (status, parsed JSON body).
+
+    Hand-written HTTP/1.1 (``Connection: close``, read to EOF): http.client would cost
+    more to import than the whole request takes.
+    """
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(os.fspath(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise _SocketError(
+                f"tokend is not running (no daemon on {path}); {_START_HINT}"
+            ) from None
+        except PermissionError:
+            raise _SocketError(
+                f"no permission to connect to {path}; is it another user's tokend? "
+                "set TOKEND_RUNTIME_DIR or TOKEND_SOCKET to your own"
+            ) from None
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: tokend\r\nAccept: application/json\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break  # a refused peer is reset; handled as "no response" below
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_RESPONSE:
+                raise _SocketError(f"tokend on {path} sent an oversized answer")
+    except TimeoutError:
+        raise _SocketError(
+            f"tokend on {path} did not answer within {timeout:g}s; "
+            "check `tokend status` or `journalctl --user -u tokend`"
+        ) from None
+    except OSError as err:
+        raise _SocketError(f"cannot talk to tokend on {path}: {err.strerror or err}") from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    if not raw:
+        raise _SocketError(
+            f"tokend on {path} closed the connection without answering: uid {os.getuid()} "
+            "is not allowed (the daemon's socket.allow_uids lists who is)"
+        )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b"\r\n", 1)[0].split()[1])
+        return status, json.loads(body)
+    except (IndexError, ValueError):
+        raise _SocketError(f"tokend on {path} sent a malformed answer") from None
+
+
+def _from_socket(profile: str, min_valid: float, timeout: float) -> TokenInfo:
+    path = socket_path()
+    if path is None:
+        raise _SocketError('the socket is turned off (socket.path = "")')
+    from urllib.parse import urlencode  # only on the slow path
+
+    query = urlencode({"profile": profile, "min_valid": f"{min_valid:g}", "wait": SOCKET_WAIT})
+    status, body = _get(path, f"/v1/token?{query}", timeout)
+    if status == 200:
+        try:
+            info = _info_from(body)
+        except (ValueError, KeyError, TypeError):
+            raise _SocketError(f"tokend on {path} sent a malformed token object") from None
+        if info.expires_in > 0:
+            # Below min_valid only when the daemon could not refresh: its last good token
+            # is still the best there is, and it stays usable until it expires.
+            return info
+        raise _SocketError("tokend answered with an expired token")
+    detail = body.get("detail") if isinstance(body, dict) else None
+    raise _SocketError(f"tokend cannot provide one: {detail or f'HTTP {status}'}", answered=True)
+
+
+# -- public API -------------------------------------------------------------------------
+
+
+def token_info(
+    profile: str = "default", min_valid: float = 60, *, timeout: float = SOCKET_TIMEOUT
+) -> TokenInfo:
+    """The current token of ``profile`` and what is known about it.
+
+    Args:
+        profile: the tokend profile.
+        min_valid: seconds the token must stay valid; a token file closer to expiry
+            makes the daemon refresh first (over the socket).
+        timeout: seconds to wait for the daemon when the file does not do.
+
+    Returns:
+        A :class:`TokenInfo`.
+
+    Raises:
+        TokenUnavailable: no valid token could be had; the message says what to do.
+    """
+    info, why = _from_file(profile, min_valid)
+    if info is not None:
+        return info
+    try:
+        return _from_socket(profile, min_valid, timeout)
+    except _SocketError as err:
+        # When the daemon answered, its detail already carries the fix.
+        hint = "" if err.answered else f"; {_LOGIN_HINT}"
+        raise TokenUnavailable(f"no token for profile {profile!r}: {why}; {err}{hint}") from None
+
+
+def token(profile: str = "default", min_valid: float = 60) -> str:
+    """The current access token of ``profile``: a callable for
+    ``openai.OpenAI(api_key=tokend.client.token)`` and
+    ``openai.providers.vertex(token_provider=tokend.client.token)``.
+
+    Args:
+        profile: the tokend profile.
+        min_valid: seconds the token must stay valid.
+
+    Returns:
+        The bearer token.
+
+    Raises:
+        TokenUnavailable: no valid token could be had; the message says what to do.
+    """
+    return token_info(profile, min_valid).value
+
+
+async def token_info_async(profile: str = "default", min_valid: float = 60) -> TokenInfo:
+    """:func:`token_info` for asyncio code: the file is read inline (microseconds), the
+    socket, which may wait for a refresh, in a worker thread.
+
+    Args:
+        profile: the tokend profile.
+        min_valid: seconds the token must stay valid.
+
+    Returns:
+        A :class:`TokenInfo`.
+
+    Raises:
+        TokenUnavailable: no valid token could be had; the message says what to do.
+    """
+    info, _why = _from_file(profile, min_valid)
+    if info is not None:
+        return info
+    import asyncio  # loaded already in any program that awaits this
+
+    return await asyncio.to_thread(token_info, profile, min_valid)
+
+
+async def token_async(profile: str = "default", min_valid: float = 60) -> str:
+    """:func:`token` for ``openai.AsyncOpenAI(api_key=tokend.client.token_async)``.
+
+    Args:
+        profile: the tokend profile.
+        min_valid: seconds the token must stay valid.
+
+    Returns:
+        The bearer token.
+
+    Raises:
+        TokenUnavailable: no valid token could be had; the message says what to do.
+    """
+    return (await token_info_async(profile, min_valid)).value
+
+
+def daemon_status(timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's ``/v1/status`` object (no token values in it).
+
+    Raises:
+        TokenUnavailable: the daemon could not be asked.
+    """
+    path = socket_path()
+    if path is None:
+        raise TokenUnavailable('the socket is turned off (socket.path = ""); no status to ask')
+    try:
+        status, body = _get(path, "/v1/status", timeout)
+    except _SocketError as err:
+        raise TokenUnavailable(str(err)) from None
+    if status != 200 or not isinstance(body, dict):
+        raise TokenUnavailable(f"tokend on {path} answered /v1/status with HTTP {status}")
+    return body

@@ -1,0 +1,337 @@
+"""Wiring: configuration -> profiles -> refreshers, sinks, watcher, signals.
+
+Signal handlers and watcher callbacks only set flags or schedule work on the loop;
+the loop does the rest. Shutdown is ordered and bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from tokend import clock
+from tokend.config import Config, ProfileConfig, load
+from tokend.errors import ConfigError, CredentialsError, RefreshError
+from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir
+from tokend.refresher import ProfileRefresher
+from tokend.server import SocketServer, refuse_if_served
+from tokend.sinks import FileSink, sweep_temp_files
+from tokend.source import Source
+from tokend.token import Token, token_from_dict
+from tokend.watch import Watcher
+
+__all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait after a watched file changes before acting, so a file written in
+#: several steps is read once it is complete.
+DEBOUNCE = 0.2
+#: Upper bound for the HTTP timeout of one token fetch; ``TOKEND_TIMEOUT`` lowers it.
+DEFAULT_TIMEOUT = 10.0
+
+
+def fetch_timeout() -> float:
+    try:
+        value = float(os.environ.get("TOKEND_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise ConfigError("TOKEND_TIMEOUT: must be a number of seconds, e.g. 10") from None
+    if not 0 < value <= 120:
+        raise ConfigError("TOKEND_TIMEOUT: must be between 0 and 120 seconds")
+    return value
+
+
+def harden_process() -> None:
+    """umask 077 (every file we create is private) and no core dumps (a core file
+    would hold tokens in clear)."""
+    os.umask(0o077)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def prepare_paths(config: Config) -> None:
+    """Check every path before anything is written: runtime dir (created 0700), parents
+    of absolute sinks outside it, the socket path length."""
+    runtime = config.runtime_path
+    ensure_private_dir(runtime)
+    for name, profile in config.profiles.items():
+        for sink in profile.effective_sinks(name):
+            path = config.sink_path(sink)
+            if runtime not in path.parents:
+                check_sink_parent(path)
+            elif path.parent != runtime:
+                ensure_private_dir(path.parent)
+    if config.socket_path is not None:
+        check_socket_path(config.socket_path)
+
+
+def make_sinks(config: Config, name: str, profile: ProfileConfig) -> list[FileSink]:
+    return [
+        FileSink(config.sink_path(s), s.format, s.mode, profile.base_url)
+        for s in profile.effective_sinks(name)
+    ]
+
+
+def _on_disk_token(sinks: list[FileSink], profile: str) -> Token | None:
+    """The token a previous run left in this profile's json sink, if readable."""
+    for sink in sinks:
+        if sink.format != "json":
+            continue
+        try:
+            data = json.loads(sink.path.read_bytes())
+            tok = token_from_dict(data, clock.now())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if tok.profile == profile:
+            return tok
+    return None
+
+
+class Daemon:
+    """The running service. ``await Daemon(config, config_path).run()`` -> exit code."""
+
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.timeout = fetch_timeout()
+        self.refreshers: dict[str, ProfileRefresher] = {}
+        self._profile_cfgs: dict[str, ProfileConfig] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._watcher: Watcher | None = None
+        self._server: SocketServer | None = None
+        self.on_state_change: list[Callable[[ProfileRefresher], None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        if self.config.socket_path is not None:
+            refuse_if_served(self.config.socket_path)  # a second tokend must touch nothing
+        self._apply(self.config, first=True)
+        watcher = Watcher(loop, self._on_path_changed)
+        self._watcher = watcher
+        watcher.set_targets(self._watch_targets())
+        watcher.start()
+        log.info(
+            "tokend started: %d profile(s), runtime dir %s",
+            len(self.refreshers),
+            self.config.runtime_path,
+        )
+        try:
+            if self.config.socket_path is not None:
+                # Inside the try: a refused socket (another tokend is running) still
+                # stops the watcher and refreshers started above.
+                self._server = SocketServer(
+                    self, self.config.socket_path, self.config.socket.allow_uids
+                )
+                await self._server.start()
+            await self._stop.wait()
+        finally:
+            await self._shutdown(watcher)
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def first_attempts(self) -> None:
+        """Wait until every profile finished its first fetch attempt (success or not)."""
+        await asyncio.gather(*(r.attempted.wait() for r in self.refreshers.values()))
+
+    async def _shutdown(self, watcher: Watcher) -> None:
+        log.info("tokend stopping")
+        if self._server is not None:
+            await self._server.stop()  # first: no client waits on a refresher being stopped
+            self._server = None
+        for timer in self._timers.values():
+            timer.cancel()
+        await asyncio.to_thread(watcher.stop)
+        await self._stop_refreshers(list(self.refreshers))
+        log.info("tokend stopped; token files that are still valid were kept")
+
+    def _drop_refreshers(self, names: list[str]) -> list[asyncio.Task[None]]:
+        tasks = []
+        for name in names:
+            self.refreshers.pop(name).stop()
+            self._profile_cfgs.pop(name, None)
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                tasks.append(task)
+        return tasks
+
+    async def _stop_refreshers(self, names: list[str]) -> None:
+        tasks = self._drop_refreshers(names)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    # -- configuration ----------------------------------------------------------------
+
+    def _apply(self, config: Config, *, first: bool = False) -> None:
+        """Start refreshers for ``config``, keeping those whose profile is unchanged."""
+        prepare_paths(config)
+        old_config = self.config
+        same_dir = old_config.runtime_path == config.runtime_path
+        keep = {
+            name
+            for name, pc in config.profiles.items()
+            if not first and same_dir and self._profile_cfgs.get(name) == pc
+        }
+        drop = [n for n in self.refreshers if n not in keep]
+        old_sinks = {s.path for n in drop for s in self.refreshers[n].sinks}
+        self._drop_refreshers(drop)
+        self.config = config
+        new_sink_paths: set[Path] = set()
+        for name, pc in config.profiles.items():
+            sinks = make_sinks(config, name, pc)
+            new_sink_paths |= {s.path for s in sinks}
+            if name in keep:
+                continue
+            for d in {s.path.parent for s in sinks}:
+                if swept := sweep_temp_files(d):
+                    log.info("removed %d temp file(s) a previous run left in %s", swept, d)
+            source = Source(name, pc, timeout=self.timeout)
+            refresher = ProfileRefresher(name, source, sinks, on_change=self._state_changed)
+            self._adopt(refresher)
+            self.refreshers[name] = refresher
+            self._profile_cfgs[name] = pc
+            self._tasks[name] = asyncio.ensure_future(refresher.run())
+        # Files of profiles that no longer exist (or moved) would otherwise outlive
+        # their token: nobody would remove them at expiry.
+        for path in old_sinks - new_sink_paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                log.info("removed %s (its profile was removed or changed)", path)
+
+    def _adopt(self, refresher: ProfileRefresher) -> None:
+        tok = _on_disk_token(list(refresher.sinks), refresher.name)
+        if tok is not None and refresher.adopt(tok):
+            log.info(
+                "profile %s: serving token %s from the previous run until the first refresh",
+                refresher.name,
+                tok.fingerprint,
+            )
+            return
+        # No provably valid token on disk: whatever a previous run left may be expired.
+        removed = [str(s.path) for s in refresher.sinks if s.remove()]
+        if removed:
+            log.info(
+                "profile %s: removed files with no valid token: %s",
+                refresher.name,
+                ", ".join(removed),
+            )
+
+    def reload(self) -> None:
+        """Re-read the configuration; a bad one is logged and the running one kept."""
+        try:
+            config = load(self.config_path)
+            if config == self.config:
+                log.info("configuration unchanged")
+                return
+            self._apply(config)
+        except (ConfigError, PermissionError) as err:
+            log.error("configuration not reloaded, keeping the running one: %s", err)
+            return
+        if self._watcher is not None:
+            self._watcher.set_targets(self._watch_targets())
+        log.info("configuration reloaded: %d profile(s)", len(self.refreshers))
+
+    # -- events -----------------------------------------------------------------------
+
+    def refresh_all(self) -> None:
+        log.info("refreshing every profile now")
+        for r in self.refreshers.values():
+            r.refresh_soon()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._debounced("config", self.reload))
+        loop.add_signal_handler(signal.SIGUSR1, self.refresh_all)
+
+    def _debounced(self, key: str, fn: Callable[[], None]) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(DEBOUNCE, fn)
+
+    def _watch_targets(self) -> list[Path]:
+        targets = [self.config.runtime_path]
+        if self.config_path is not None:
+            targets.append(self.config_path)
+        for r in self.refreshers.values():
+            targets.extend(s.path for s in r.sinks)
+            targets.extend(r.source.watched_paths)
+        return targets
+
+    def _on_path_changed(self, path: Path) -> None:
+        if self.config_path is not None and path == self.config_path:
+            self._debounced("config", self.reload)
+        for name, r in self.refreshers.items():
+            if path in r.source.watched_paths:
+                self._debounced(
+                    f"creds:{name}", functools.partial(self._credentials_changed, r, path)
+                )
+        runtime = self.config.runtime_path
+        in_runtime = path == runtime or runtime in path.parents or path in runtime.parents
+        if in_runtime or any(path == s.path for r in self.refreshers.values() for s in r.sinks):
+            self._debounced("repair", self._repair)
+
+    def _credentials_changed(self, refresher: ProfileRefresher, path: Path) -> None:
+        log.info("profile %s: %s changed, reloading credentials", refresher.name, path)
+        refresher.refresh_soon(reload_credentials=True)
+
+    def _repair(self) -> None:
+        """A sink or the runtime dir was deleted: recreate, and let refreshers rewrite."""
+        try:
+            prepare_paths(self.config)
+        except (PermissionError, ConfigError) as err:
+            log.error("cannot repair the runtime dir: %s", err)
+            return
+        for r in self.refreshers.values():
+            r.poke()
+        if self._watcher is not None:
+            self._watcher.set_targets(self._watch_targets())
+
+    def _state_changed(self, refresher: ProfileRefresher) -> None:
+        for cb in self.on_state_change:
+            cb(refresher)
+
+
+def run_once(config: Config) -> int:
+    """``tokend run --once``: fetch every profile, write its sinks, report. Exit code."""
+    prepare_paths(config)
+    timeout = fetch_timeout()
+    worst = 0
+    for name, pc in config.profiles.items():
+        sinks = make_sinks(config, name, pc)
+        try:
+            tok = Source(name, pc, timeout=timeout).fetch()
+        except (CredentialsError, RefreshError) as err:
+            log.error("profile %s: %s", name, err)
+            worst = 3
+            continue
+        now = clock.now()
+        for sink in sinks:
+            try:
+                sink.write(tok, now)
+            except OSError as err:
+                log.error("profile %s: cannot write %s: %s", name, sink.path, err.strerror)
+                worst = 1 if worst == 0 else worst
+        log.info(
+            "profile %s: wrote %s (%s, expires in %ds)",
+            name,
+            ", ".join(str(s.path) for s in sinks),
+            tok.fingerprint,
+            tok.expires_in(now),
+        )
+    return worst

@@ -1,0 +1,451 @@
+"""When to refresh (pure policy) and the per-profile refresh task.
+
+Policy functions take time and randomness as arguments so that hypothesis can check
+them for every lifetime without sleeping. The task reads time only through
+:func:`tokend.clock.now`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from tokend import clock
+from tokend.errors import CredentialsError, RefreshError
+from tokend.sinks import FileSink
+from tokend.token import Token, format_time
+
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_CAP",
+    "REFRESH_FLOOR",
+    "ProfileRefresher",
+    "Snapshot",
+    "State",
+    "backoff",
+    "next_refresh_at",
+]
+
+log = logging.getLogger(__name__)
+
+#: Refresh no later than this many seconds before expiry when the lifetime allows.
+#: google-auth clients treat a token as stale 225 s before expiry; 300 s keeps every
+#: token we hand out looking fresh to them.
+REFRESH_FLOOR = 300.0
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+#: The smallest retry delay: full jitter may draw ~0, which would be a hot loop.
+BACKOFF_MIN = 0.1
+#: A token is retired (removed from files, no longer served) this fraction of its
+#: lifetime before it really expires, at most ``RETIRE_MARGIN_MAX`` seconds: a reader
+#: that got it an instant before retirement must still be able to use it, and the
+#: loop may wake a little late under load.
+RETIRE_MARGIN = 0.1
+RETIRE_MARGIN_MAX = 1.0
+#: While a sink cannot be written (disk full, read-only), retry the write this often.
+SINK_RETRY = 1.0
+
+
+def next_refresh_at(issued_at: float, expires_at: float, rng: random.Random) -> float:
+    """When to refresh a token received at ``issued_at`` that expires at ``expires_at``.
+
+    At a jittered 75-85 % of its lifetime, so a fleet of daemons does not hit Google in
+    step. Where the lifetime allows (at least ``2 * REFRESH_FLOOR``), also no later than
+    ``REFRESH_FLOOR`` before expiry, so that clients never hold a token google-auth
+    would call stale; the floor never pulls the refresh before half the lifetime. Below
+    that, short lifetimes (tests use seconds) follow the same 75-85 % proportionally.
+    The result is always inside the lifetime and at least half of it after issue, so
+    the schedule can neither pass expiry nor hot-loop.
+    """
+    lifetime = max(0.0, expires_at - issued_at)
+    at = issued_at + lifetime * rng.uniform(0.75, 0.85)
+    if lifetime >= 2 * REFRESH_FLOOR:
+        at = min(at, expires_at - REFRESH_FLOOR)
+    return at
+
+
+def retire_at(token: Token) -> float:
+    """When a token stops being served: shortly before its real expiry."""
+    return token.expires_at - min(RETIRE_MARGIN_MAX, RETIRE_MARGIN * token.lifetime)
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    """Delay before retry number ``attempt`` (0-based): full jitter over an exponential
+    ceiling, 1 s doubling to 60 s (AWS's "full jitter"; spreads a fleet's retries)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32))
+    return max(BACKOFF_MIN, rng.uniform(0.0, ceiling))
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # no attempt has finished yet
+    FRESH = "fresh"  # holding a valid token; next refresh scheduled
+    REFRESHING = "refreshing"  # a fetch is in flight
+    RETRYING = "retrying"  # the last fetch failed retryably; backing off
+    REAUTH_REQUIRED = "reauth_required"  # a person must act (login again, fix the file)
+    EXPIRED = "expired"  # the token expired with no successor (still retrying)
+
+
+class TokenSource(Protocol):
+    """What the refresher needs of :class:`tokend.source.Source`."""
+
+    @property
+    def credential_type(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def watched_paths(self) -> tuple[Path, ...]: ...
+
+    def fetch(self) -> Token: ...
+    def invalidate(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A profile's state for status output: no token value in here."""
+
+    profile: str
+    state: State
+    account: str
+    credential_type: str
+    expires_at: float | None
+    last_refresh: float | None
+    next_refresh: float | None
+    consecutive_failures: int
+    last_error: str
+    last_error_reason: str
+    fingerprint: str
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        def t(v: float | None) -> str | None:
+            return None if v is None or math.isinf(v) else format_time(v)
+
+        return {
+            "profile": self.profile,
+            "state": self.state.value,
+            "account": self.account,
+            "credential_type": self.credential_type,
+            "expires_at": t(self.expires_at),
+            "expires_in": None if self.expires_at is None else max(0, int(self.expires_at - now)),
+            "last_refresh": t(self.last_refresh),
+            "next_refresh": t(self.next_refresh),
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_error_reason": self.last_error_reason,
+            "token_fingerprint": self.fingerprint,
+        }
+
+
+T = TypeVar("T")
+
+
+async def run_in_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking call on a daemon thread.
+
+    Not the loop's default executor: its threads are joined at interpreter exit, so a
+    fetch stuck on a slow network would hold up shutdown. A daemon thread is simply
+    abandoned; its socket timeout ends it soon after.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def target() -> None:
+        ok: bool
+        value: Any
+        try:
+            ok, value = True, fn()
+        except BaseException as exc:  # delivered to the awaiting task
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:
+            pass  # the loop closed while we were working: nobody waits any more
+
+    threading.Thread(target=target, name="tokend-fetch", daemon=True).start()
+    return await fut
+
+
+class ProfileRefresher:
+    """Keeps one profile's token fresh and its sinks in step.
+
+    One task (:meth:`run`) sleeps until the next deadline (refresh, retry, expiry or a
+    sink repair) or until woken. Every fetch goes through :meth:`refresh`, which shares
+    one in-flight fetch among all callers, so concurrent demands never stampede Google.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: TokenSource,
+        sinks: Sequence[FileSink],
+        *,
+        rng: random.Random | None = None,
+        on_change: Callable[[ProfileRefresher], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.sinks = tuple(sinks)
+        self.rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+        self.on_change = on_change
+        self.token: Token | None = None
+        self.state = State.STARTING
+        self.consecutive_failures = 0
+        self.last_error = ""
+        self.last_error_reason = ""
+        self.last_refresh: float | None = None
+        self.next_attempt: float = -math.inf  # fetch at once
+        self.sink_error = ""
+        self.attempted = asyncio.Event()  # set once the first attempt has finished
+        self._wake = asyncio.Event()
+        self._inflight: asyncio.Future[Token | None] | None = None
+        self._stopping = False
+
+    # -- public ---------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        tok = self.token
+        return Snapshot(
+            profile=self.name,
+            state=self.state,
+            account=(tok.account if tok else "") or self.source.account,
+            credential_type=self.source.credential_type,
+            expires_at=tok.expires_at if tok else None,
+            last_refresh=self.last_refresh,
+            next_refresh=None if math.isinf(self.next_attempt) else self.next_attempt,
+            consecutive_failures=self.consecutive_failures,
+            last_error=self.sink_error or self.last_error,
+            last_error_reason="sink_write_failed" if self.sink_error else self.last_error_reason,
+            fingerprint=tok.fingerprint if tok else "",
+        )
+
+    def valid_token(self, min_valid: float = 0.0) -> Token | None:
+        """The current token if it is not retired and has more than ``min_valid``
+        seconds left."""
+        tok = self.token
+        if tok is None:
+            return None
+        now = clock.now()
+        if now < retire_at(tok) and tok.is_valid(now, min_valid):
+            return tok
+        return None
+
+    def adopt(self, token: Token) -> bool:
+        """Serve a still-valid token found on disk from an earlier run until the first
+        fetch replaces it, so a restart during an outage loses nothing. Returns whether
+        the token was valid enough to adopt."""
+        if clock.now() < retire_at(token):
+            self.token = token
+            return True
+        return False
+
+    def refresh_soon(self, *, reload_credentials: bool = False) -> None:
+        """Refresh at once (SIGUSR1, the credentials file changed). Thread-unsafe: call
+        on the loop."""
+        if reload_credentials:
+            self.source.invalidate()
+        self.next_attempt = -math.inf
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Re-check sinks now (a file or the directory was deleted)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def refresh(self) -> Token | None:
+        """Fetch now, or join the fetch already in flight. Returns the new token, or
+        None when the fetch failed (the reason is in ``last_error``)."""
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._refresh_once())
+            self._inflight.add_done_callback(self._clear_inflight)
+        return await asyncio.shield(self._inflight)
+
+    async def ensure(self, min_valid: float) -> Token | None:
+        """A token with more than ``min_valid`` seconds left, refreshing if needed."""
+        tok = self.valid_token(min_valid)
+        if tok is not None:
+            return tok
+        await self.refresh()
+        return self.valid_token(min_valid) or self.valid_token()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            now = clock.now()
+            self._expire_if_due(now)
+            if now >= self.next_attempt:
+                await self.refresh()
+                continue
+            self._repair_sinks(now)
+            deadline = self.next_attempt
+            if self.token is not None:
+                deadline = min(deadline, retire_at(self.token))
+            if self.sink_error:
+                deadline = min(deadline, now + SINK_RETRY)
+            timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _clear_inflight(self, _fut: asyncio.Future[Token | None]) -> None:
+        self._inflight = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    async def _refresh_once(self) -> Token | None:
+        previous = self.state
+        if previous not in (State.RETRYING, State.REAUTH_REQUIRED, State.EXPIRED):
+            self.state = State.REFRESHING
+            self._changed()
+        try:
+            tok = await run_in_thread(self.source.fetch)
+        except RefreshError as err:
+            if err.retryable:
+                self._failed(err.reason, str(err), retryable=True)
+            else:
+                self._failed(err.reason, str(err), retryable=False)
+            return None
+        except CredentialsError as err:
+            self._failed(err.reason, str(err), retryable=False)
+            return None
+        except Exception as err:  # a bug or an unforeseen library error: back off, do not die
+            log.exception("profile %s: unexpected error during refresh", self.name)
+            self._failed("internal_error", f"unexpected {type(err).__name__}", retryable=True)
+            return None
+        finally:
+            self.attempted.set()
+        now = clock.now()
+        old = self.token
+        self.token = tok
+        self.consecutive_failures = 0
+        self.last_error = self.last_error_reason = ""
+        self.last_refresh = now
+        self.next_attempt = next_refresh_at(tok.issued_at, tok.expires_at, self.rng)
+        self.state = State.FRESH
+        if old is not None and old.account != tok.account:
+            log.info(
+                "profile %s: identity changed from %s to %s",
+                self.name,
+                old.account or "?",
+                tok.account or "?",
+            )
+        await self._write_sinks(tok)
+        log.info(
+            "profile %s: token refreshed (%s, account %s, expires in %ds, next refresh in %ds)",
+            self.name,
+            tok.fingerprint,
+            tok.account or "unknown",
+            tok.expires_in(now),
+            self.next_attempt - now,
+        )
+        self._changed()
+        return tok
+
+    def _failed(self, reason: str, message: str, *, retryable: bool) -> None:
+        now = clock.now()
+        self.consecutive_failures += 1
+        self.last_error, self.last_error_reason = message, reason
+        if retryable:
+            delay = backoff(self.consecutive_failures - 1, self.rng)
+            self.next_attempt = now + delay
+            self.state = State.RETRYING if self.valid_token() else State.EXPIRED
+            if self.state is State.EXPIRED and self.token is None and self.last_refresh is None:
+                self.state = State.RETRYING
+            log.warning(
+                "profile %s: refresh failed (%s), retry %d in %.1fs; %s",
+                self.name,
+                message,
+                self.consecutive_failures,
+                delay,
+                self._keeping(now),
+            )
+        else:
+            # Retrying on a timer cannot fix revoked or missing credentials; the watcher
+            # wakes us when the file changes, and SIGUSR1 or a client asking does too.
+            self.next_attempt = math.inf
+            self.state = State.REAUTH_REQUIRED
+            log.error("profile %s: %s (%s); %s", self.name, message, reason, self._keeping(now))
+        self._changed()
+
+    def _keeping(self, now: float) -> str:
+        tok = self.valid_token()
+        if tok is None:
+            return "no valid token to serve"
+        return f"serving the previous token until it expires in {int(tok.expires_in(now))}s"
+
+    def _expire_if_due(self, now: float) -> None:
+        tok = self.token
+        if tok is None or now < retire_at(tok):
+            return
+        self.token = None
+        removed = [str(s.path) for s in self.sinks if self._remove(s)]
+        if self.state is not State.REAUTH_REQUIRED:
+            self.state = State.EXPIRED
+        log.warning(
+            "profile %s: token %s expired with no successor (%s); removed %s",
+            self.name,
+            tok.fingerprint,
+            self.last_error or "no refresh succeeded",
+            ", ".join(removed) or "no files",
+        )
+        self._changed()
+
+    def _remove(self, sink: FileSink) -> bool:
+        try:
+            return sink.remove()
+        except OSError as err:
+            log.error("profile %s: cannot remove %s: %s", self.name, sink.path, err.strerror)
+            return False
+
+    def _write(self, tok: Token, *, only_missing: bool = False) -> None:
+        """Write every sink (or only the missing ones), collecting errors into
+        ``sink_error`` so status shows them and the run loop retries."""
+        now = clock.now()
+        errors = []
+        for sink in self.sinks:
+            if only_missing and not self.sink_error and sink.exists():
+                continue
+            try:
+                sink.write(tok, now)
+            except OSError as err:
+                errors.append(f"cannot write {sink.path}: {err.strerror or err}")
+        error = "; ".join(errors)
+        if error and error != self.sink_error:
+            log.error(
+                "profile %s: %s (the previous file is left intact; retrying)", self.name, error
+            )
+        elif self.sink_error and not error:
+            log.info("profile %s: sink files written again", self.name)
+        self.sink_error = error
+
+    async def _write_sinks(self, tok: Token) -> None:
+        await run_in_thread(lambda: self._write(tok))
+
+    def _repair_sinks(self, now: float) -> None:
+        """Rewrite sink files that were deleted or failed to write while the token is
+        valid. Synchronous on purpose: repairs are rare and cheap, and running them on
+        the loop keeps them ordered with refreshes."""
+        tok = self.valid_token()
+        if tok is not None and (self.sink_error or not all(s.exists() for s in self.sinks)):
+            self._write(tok, only_missing=True)

@@ -1,0 +1,602 @@
+"""The Unix-socket HTTP/1.1 API: ``/v1/token``, ``/v1/status``, ``/healthz``, ``/metrics``.
+
+The socket is the fallback for clients whose token file is missing or too close to
+expiry, and the way to ask for a refresh (``min_valid``). Access control is layered:
+the socket file is 0600 inside the 0700 runtime dir, *and* every connection's peer uid
+(SO_PEERCRED / LOCAL_PEERCRED) is checked before aiohttp sees a byte, so a socket that
+someone chmod-ed 666 (or a runtime dir bind-mounted elsewhere) still refuses other users.
+
+Nothing this module logs or returns outside ``/v1/token`` carries a token value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from tokend import __version__, clock
+from tokend.errors import ConfigError
+from tokend.refresher import ProfileRefresher, State
+
+if TYPE_CHECKING:
+    from tokend.daemon import Daemon
+
+__all__ = ["SocketServer", "peer_uid", "refuse_if_served"]
+
+log = logging.getLogger(__name__)
+
+#: An idle connection (no request yet, or between keep-alive requests, or a request
+#: whose head never completes) is closed after this many seconds, so half-open
+#: connections cannot pile up and exhaust file descriptors.
+IDLE_TIMEOUT = 5.0
+#: Requests are GETs with a short query: these limits are generous for them and keep a
+#: misbehaving client from making us buffer megabytes.
+MAX_LINE = 4096
+MAX_FIELD = 4096
+MAX_HEADERS = 32
+MAX_BODY = 1024
+#: Upper bounds for the query parameters (seconds).
+MAX_WAIT = 120.0
+MAX_MIN_VALID = 24 * 3600.0
+#: After a client-forced refresh failed, further clients do not force another for this
+#: long: polling clients must not turn into a retry storm against Google while the
+#: refresher is backing off.
+FORCED_RETRY_INTERVAL = 5.0
+#: A token fetched less than this long ago is as fresh as Google makes them: a client
+#: asking for more ``min_valid`` than a new token has must not force fetch after fetch.
+MIN_TOKEN_AGE = 1.0
+
+_ROUTES = ("/v1/token", "/v1/status", "/healthz", "/metrics")
+
+_ADVICE = {
+    "reauth_required": "run `gcloud auth application-default login`; "
+    "tokend notices the new credentials at once",
+    "credentials_missing": "create the credentials (for ADC: "
+    "`gcloud auth application-default login`) or fix the profile's `credentials` path",
+    "credentials_invalid": "replace the credentials file (for ADC: "
+    "`gcloud auth application-default login`)",
+}
+
+
+def peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a connected AF_UNIX socket, or None
+    when the platform cannot tell (then the caller refuses: fail closed)."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return int(uid)
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        # LOCAL_PEERCRED (SOL_LOCAL=0, option 1) fills a struct xucred:
+        # u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16].
+        sol_local = 0
+        local_peercred = getattr(socket, "LOCAL_PEERCRED", 1)
+        creds = sock.getsockopt(sol_local, local_peercred, 76)
+        _version, uid = struct.unpack_from("2I", creds)
+        return int(uid)
+    return None
+
+
+def refuse_if_served(path: Path) -> bool:
+    """Refuse to start when another tokend serves ``path``.
+
+    The daemon calls this before it touches any file, so a second ``tokend run``
+    changes nothing.
+
+    Returns:
+        True when a stale socket file (nothing listens: a run that did not shut down
+        cleanly) is there, False when the path is free or cannot be looked at yet (the
+        runtime dir checks that follow report that with the fix).
+
+    Raises:
+        ConfigError: someone listens on ``path``, or it is not a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(
+            f"socket.path: {path} exists and is not a socket; move it away "
+            "or choose another socket.path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError as err:
+        raise ConfigError(f"socket.path: {path}: cannot probe: {err.strerror}") from None
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"socket.path: {path}: another tokend is already serving it; stop that one "
+        "first (`systemctl --user stop tokend`) or set a different runtime_dir / socket.path"
+    )
+
+
+class _PeerGate(asyncio.Protocol):
+    """Stands in front of aiohttp's protocol for one connection: checks the peer uid
+    in ``connection_made`` and only then creates and feeds aiohttp's handler. A refused
+    peer gets its connection aborted without a byte of response."""
+
+    def __init__(
+        self, make_inner: Callable[[], asyncio.Protocol], allowed: Callable[[Any], bool]
+    ) -> None:
+        self._make_inner = make_inner
+        self._allowed = allowed
+        self._inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._allowed(transport.get_extra_info("socket")):
+            # abort(), not close(): discard anything the peer already sent, unread.
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:
+                transport.close()
+            return
+        self._inner = self._make_inner()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class _GatedUnixSite(web.UnixSite):
+    """aiohttp's UnixSite on a socket we bound ourselves (to control its mode and
+    replace a stale file safely), with every connection passing :class:`_PeerGate`.
+
+    ``start`` mirrors ``UnixSite.start``; it has to reach the runner's protocol
+    factory, which aiohttp exposes as ``runner.server``.
+    """
+
+    def __init__(
+        self, runner: web.AppRunner, sock: socket.socket, allowed: Callable[[Any], bool]
+    ) -> None:
+        super().__init__(runner, sock.getsockname())
+        self._sock = sock
+        self._allowed = allowed
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        factory = self._runner.server
+        if factory is None:
+            raise RuntimeError("runner not set up")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: _PeerGate(factory, self._allowed), sock=self._sock
+        )
+
+
+class _Metrics:
+    """Prometheus metrics. Per-profile numbers are read from the refreshers at scrape
+    time; refresh and failure counts are accumulated from state-change callbacks."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "tokend_requests",
+            "Socket API requests by path and HTTP status.",
+            ["path", "status"],
+            registry=self.registry,
+        )
+        self.refreshes: dict[str, int] = {}
+        self.failures: dict[tuple[str, str], int] = {}
+        self._last: dict[str, tuple[float | None, int]] = {}
+        self.registry.register(self)
+
+    def observe(self, r: ProfileRefresher) -> None:
+        """Called on every state change of a profile: count what changed since the
+        last call (a new ``last_refresh`` is a success; a higher failure count is a
+        failure)."""
+        last_refresh, failures = self._last.get(r.name, (None, 0))
+        if r.last_refresh is not None and r.last_refresh != last_refresh:
+            self.refreshes[r.name] = self.refreshes.get(r.name, 0) + 1
+        if r.consecutive_failures > failures:
+            key = (r.name, r.last_error_reason or "unknown")
+            self.failures[key] = self.failures.get(key, 0) + r.consecutive_failures - failures
+        self._last[r.name] = (r.last_refresh, r.consecutive_failures)
+
+    def collect(self) -> Iterator[Any]:
+        now = clock.now()
+        refreshes = CounterMetricFamily(
+            "tokend_refreshes", "Successful token refreshes.", labels=["profile"]
+        )
+        for name, n in sorted(self.refreshes.items()):
+            refreshes.add_metric([name], n)
+        yield refreshes
+        failures = CounterMetricFamily(
+            "tokend_refresh_failures", "Failed token refreshes.", labels=["profile", "reason"]
+        )
+        for (name, reason), n in sorted(self.failures.items()):
+            failures.add_metric([name, reason], n)
+        yield failures
+        expiry = GaugeMetricFamily(
+            "tokend_token_expiry_seconds",
+            "Seconds until the served token expires (0 when there is none).",
+            labels=["profile"],
+        )
+        valid = GaugeMetricFamily(
+            "tokend_token_valid", "1 when the profile holds a valid token.", labels=["profile"]
+        )
+        consecutive = GaugeMetricFamily(
+            "tokend_consecutive_failures",
+            "Refresh failures since the last success.",
+            labels=["profile"],
+        )
+        for name, r in sorted(self.daemon.refreshers.items()):
+            tok = r.valid_token()
+            expiry.add_metric([name], max(0.0, tok.expires_at - now) if tok else 0.0)
+            valid.add_metric([name], 1.0 if tok else 0.0)
+            consecutive.add_metric([name], r.consecutive_failures)
+        yield expiry
+        yield valid
+        yield consecutive
+
+
+def _json(status: int, payload: Any) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json"
+    )
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return _json(status, {"error": error, "detail": detail})
+
+
+def _seconds(request: web.Request, name: str, upper: float) -> float:
+    raw = request.query.get(name, "0") or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be a number of seconds") from None
+    if not 0 <= value <= upper:  # also rejects nan
+        raise web.HTTPBadRequest(reason=f"{name} must be between 0 and {int(upper)} seconds")
+    return value
+
+
+class SocketServer:
+    """The daemon's HTTP API on a Unix socket.
+
+    Args:
+        daemon: the running daemon; its ``refreshers`` are looked up per request, so
+            profiles added or replaced by a reload are served at once.
+        path: where to create the socket.
+        allow_uids: uids allowed besides our own and root.
+    """
+
+    def __init__(self, daemon: Daemon, path: Path, allow_uids: tuple[int, ...] = ()) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
+        self.metrics = _Metrics(daemon)
+        self._runner: web.AppRunner | None = None
+        self._inode: tuple[int, int] | None = None
+        self._refused_logged: set[int | None] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._bodies: dict[str, tuple[str, int, bytes]] = {}
+        self._forced_failed_at: dict[str, float] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the socket and serve.
+
+        Raises:
+            ConfigError: another tokend is listening on the path, or the path is taken
+                by something that is not a socket.
+        """
+        sock = self._bind()
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.router.add_get("/v1/token", self._token)
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,  # the access log would carry query strings nobody needs
+            keepalive_timeout=IDLE_TIMEOUT,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
+            lingering_time=1.0,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        try:
+            await _GatedUnixSite(runner, sock, self._peer_allowed).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.daemon.on_state_change.append(self._state_changed)
+        for r in self.daemon.refreshers.values():
+            self.metrics.observe(r)
+        log.info("listening on %s", self.path)
+
+    async def stop(self) -> None:
+        """Stop serving and remove the socket file (if it is still the one we made)."""
+        with contextlib.suppress(ValueError):
+            self.daemon.on_state_change.remove(self._state_changed)
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._remove_socket_file()
+        await runner.cleanup()
+
+    def _bind(self) -> socket.socket:
+        self._clear_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # The umask makes the socket 0600 from its creation (no window where it is
+            # wider); the chmod is for a caller that changed the umask in between.
+            old = os.umask(0o177)
+            try:
+                sock.bind(os.fspath(self.path))
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            st = os.lstat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _clear_stale(self) -> None:
+        """Remove a socket file left by a crashed run; refuse if someone listens on it."""
+        if not refuse_if_served(self.path):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        log.info("removed stale socket %s left by an earlier run", self.path)
+
+    def _remove_socket_file(self) -> None:
+        # Only ours: a newer tokend may have replaced a socket we still think we own.
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._inode:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    # -- access control ---------------------------------------------------------------
+
+    def _peer_allowed(self, sock: Any) -> bool:
+        try:
+            uid = peer_uid(sock) if sock is not None else None
+        except OSError:
+            uid = None
+        if uid is not None and uid in self.allowed_uids:
+            return True
+        # Once per uid: a refused client retrying in a loop must not flood the journal.
+        if uid not in self._refused_logged:
+            self._refused_logged.add(uid)
+            log.warning(
+                "refused a connection on %s from uid %s (allowed: %s; add it to "
+                "socket.allow_uids to let it in)",
+                self.path,
+                "unknown" if uid is None else uid,
+                ", ".join(str(u) for u in sorted(self.allowed_uids)),
+            )
+        return False
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _state_changed(self, r: ProfileRefresher) -> None:
+        self.metrics.observe(r)
+        # Wake every request waiting for this profile; the next waiter gets a new event.
+        event = self._changed.pop(r.name, None)
+        if event is not None:
+            event.set()
+
+    def _change_event(self, profile: str) -> asyncio.Event:
+        return self._changed.setdefault(profile, asyncio.Event())
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            error = {
+                400: "bad_request",
+                404: "not_found",
+                405: "method_not_allowed",
+            }.get(exc.status, "http_error")
+            detail = exc.reason
+            if exc.status == 404:
+                detail = f"no such endpoint {request.path!r}; try {', '.join(_ROUTES)}"
+            response = _error(exc.status, error, detail)
+        path = request.path if request.path in _ROUTES else "other"
+        self.metrics.requests.labels(path, str(response.status)).inc()
+        return response
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def _refresher(self, profile: str) -> ProfileRefresher:
+        r = self.daemon.refreshers.get(profile)
+        if r is None:
+            names = ", ".join(sorted(self.daemon.refreshers)) or "none"
+            raise _Answer(
+                _error(
+                    404,
+                    "unknown_profile",
+                    f"no profile {profile!r} in {self.daemon.config.source} (configured: {names})",
+                )
+            )
+        return r
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        profile = request.query.get("profile") or "default"
+        min_valid = _seconds(request, "min_valid", MAX_MIN_VALID)
+        wait = _seconds(request, "wait", MAX_WAIT)
+        try:
+            r = self._refresher(profile)
+            if wait > 0:
+                r = await self._wait_for_token(profile, r, time.monotonic() + wait)
+        except _Answer as answer:
+            return answer.response
+        tok = r.valid_token(min_valid)
+        # Only min_valid makes a request fetch (and wait for the fetch); without it the
+        # answer comes from the current state at once, and `wait` waits for the daemon.
+        if tok is None and min_valid > 0 and self._may_force(profile, r):
+            # Concurrent requests share the refresher's one in-flight fetch.
+            tok = await r.ensure(min_valid)
+            if tok is None or r.consecutive_failures:
+                self._forced_failed_at[profile] = time.monotonic()
+        if tok is None:
+            tok = r.valid_token()
+        if tok is None:
+            return self._unavailable(r)
+        return self._token_response(profile, tok.fingerprint, tok.expires_at, tok.as_dict)
+
+    def _may_force(self, profile: str, r: ProfileRefresher) -> bool:
+        if (
+            r.valid_token() is not None
+            and r.last_refresh is not None
+            and clock.now() - r.last_refresh < MIN_TOKEN_AGE
+        ):
+            return False
+        failed_at = self._forced_failed_at.get(profile)
+        if r.consecutive_failures and failed_at is not None:
+            return time.monotonic() - failed_at >= FORCED_RETRY_INTERVAL
+        return True
+
+    def _token_response(
+        self,
+        profile: str,
+        fingerprint: str,
+        expires_at: float,
+        as_dict: Callable[[float], dict[str, Any]],
+    ) -> web.Response:
+        # The body changes only with the token or the whole-second expires_in, so it is
+        # serialized at most once per second per profile, not once per request.
+        now = clock.now()
+        expires_in = max(0, int(expires_at - now))
+        cached = self._bodies.get(profile)
+        if cached is None or cached[0] != fingerprint or cached[1] != expires_in:
+            cached = (fingerprint, expires_in, json.dumps(as_dict(now)).encode())
+            self._bodies[profile] = cached
+        return web.Response(
+            body=cached[2],
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _wait_for_token(
+        self, profile: str, r: ProfileRefresher, deadline: float
+    ) -> ProfileRefresher:
+        """Wait until the profile holds a valid token, a person must act, or the deadline."""
+        while r.valid_token() is None:
+            if r.state is State.REAUTH_REQUIRED and r.attempted.is_set():
+                break  # waiting cannot help; answer with the fix now
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change_event(profile).wait(), remaining)
+            r = self._refresher(profile)  # a reload may have replaced it
+        return r
+
+    def _unavailable(self, r: ProfileRefresher) -> web.Response:
+        snap = r.snapshot()
+        reason = snap.last_error_reason
+        if snap.state is State.STARTING or (not reason and not r.attempted.is_set()):
+            return _error(
+                503,
+                "starting",
+                f"profile {r.name}: tokend is fetching the first token; retry in a moment "
+                "or ask with wait=N",
+            )
+        what = snap.last_error or f"profile {r.name}: state {snap.state.value}"
+        if not what.startswith(f"profile {r.name}"):
+            what = f"profile {r.name}: {what}"
+        if snap.state is State.REAUTH_REQUIRED:
+            error = reason or "reauth_required"
+            # The source's messages carry their own fix; add ours only when there is none.
+            detail = (
+                what
+                if snap.last_error
+                else f"{what}; {_ADVICE.get(error, _ADVICE['reauth_required'])}"
+            )
+        else:
+            error = reason or snap.state.value
+            detail = f"{what}; no valid token until a refresh succeeds"
+            if snap.next_refresh is not None:
+                detail += f" (next attempt in {max(0, int(snap.next_refresh - clock.now()))}s)"
+        return _error(503, error, detail)
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        now = clock.now()
+        profiles = {
+            name: r.snapshot().as_dict(now) for name, r in sorted(self.daemon.refreshers.items())
+        }
+        return _json(
+            200,
+            {
+                "version": __version__,
+                "pid": os.getpid(),
+                "runtime_dir": str(self.daemon.config.runtime_path),
+                "healthy": all(r.valid_token() for r in self.daemon.refreshers.values()),
+                "profiles": profiles,
+            },
+        )
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        missing = sorted(n for n, r in self.daemon.refreshers.items() if r.valid_token() is None)
+        if missing:
+            return _json(503, {"status": "unhealthy", "profiles_without_token": missing})
+        return _json(200, {"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+
+class _Answer(Exception):
+    """Carries a finished response out of a helper (an unknown profile)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
