@@ -1,0 +1,21 @@
+# Sourced by scripts/test and scripts/demo: make sure .venv exists and holds this
+# checkout (editable) with its test dependencies. Reinstalls when pyproject.toml changes.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "tokend needs Python >= 3.11 (found: $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+stamp="$VENV/.tokend-installed"
+want=$(cksum < "$ROOT/pyproject.toml")
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up $VENV (once) ..." >&2
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
+    printf '%s' "$want" > "$stamp"
+fi
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"

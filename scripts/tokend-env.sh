@@ -1,0 +1,100 @@
+# tokend-env.sh: set OPENAI_API_KEY (and OPENAI_BASE_URL) from tokend's env file,
+# without starting Python. POSIX sh; source it, do not run it:
+#
+#     . /path/to/tokend-env.sh            # profile "default"
+#     TOKEND_PROFILE=work . tokend-env.sh # profile "work" (reads work.openai.env)
+#
+# Reads ${TOKEND_RUNTIME_DIR}/openai.env (KEY=VALUE lines, no quotes), which tokend
+# rewrites atomically on every refresh. Returns 1 with a message on stderr when the file
+# is missing or its token expires within TOKEND_MIN_VALID seconds (default 60); the
+# environment is left untouched then. Tokens are only ever assigned, never printed.
+#
+# The token is frozen into the environment: long-running programs should read the file
+# (or use tokend.client) per request instead.
+
+_tokend_env() {
+    if [ -n "${TOKEND_RUNTIME_DIR:-}" ]; then
+        _tokend_dir=$TOKEND_RUNTIME_DIR
+    else
+        # The daemon's default (platformdirs' user_runtime_dir), first match wins.
+        _tokend_uid=$(id -u)
+        _tokend_dir=
+        for _tokend_base in "${XDG_RUNTIME_DIR:-}" "$HOME/Library/Caches/TemporaryItems" \
+            "/run/user/$_tokend_uid" "${TMPDIR:-/tmp}/runtime-$_tokend_uid" \
+            "/tmp/runtime-$_tokend_uid"; do
+            case $_tokend_base in /*) ;; *) continue ;; esac
+            _tokend_base=${_tokend_base%/}
+            if [ -d "$_tokend_base/tokend" ]; then
+                _tokend_dir=$_tokend_base/tokend
+                break
+            fi
+        done
+        if [ -z "$_tokend_dir" ]; then
+            echo "tokend-env.sh: no tokend runtime directory found; start tokend" \
+                "(systemctl --user start tokend, or tokend run) or set TOKEND_RUNTIME_DIR" >&2
+            unset _tokend_uid _tokend_dir _tokend_base
+            return 1
+        fi
+    fi
+    case ${TOKEND_PROFILE:-default} in
+        default) _tokend_file=$_tokend_dir/openai.env ;;
+        *) _tokend_file=$_tokend_dir/$TOKEND_PROFILE.openai.env ;;
+    esac
+    if [ ! -r "$_tokend_file" ]; then
+        echo "tokend-env.sh: no token file $_tokend_file; is tokend running?" \
+            "(systemctl --user start tokend, or tokend run; then tokend status)" >&2
+        unset _tokend_uid _tokend_dir _tokend_base _tokend_file
+        return 1
+    fi
+
+    _tokend_key= _tokend_url= _tokend_exp=
+    # `|| [ -n ... ]` keeps a last line that lacks its newline.
+    while IFS= read -r _tokend_line || [ -n "$_tokend_line" ]; do
+        case $_tokend_line in
+            OPENAI_API_KEY=*) _tokend_key=${_tokend_line#*=} ;;
+            OPENAI_BASE_URL=*) _tokend_url=${_tokend_line#*=} ;;
+            TOKEND_EXPIRES_AT=*) _tokend_exp=${_tokend_line#*=} ;;
+        esac
+    done < "$_tokend_file"
+
+    _tokend_now=$(date +%s)
+    _tokend_rc=0
+    case $_tokend_exp in
+        '' | *[!0-9]*)
+            echo "tokend-env.sh: $_tokend_file has no valid TOKEND_EXPIRES_AT" >&2
+            _tokend_rc=1
+            ;;
+        *)
+            if [ -z "$_tokend_key" ]; then
+                echo "tokend-env.sh: $_tokend_file holds no OPENAI_API_KEY" >&2
+                _tokend_rc=1
+            elif [ "$_tokend_exp" -le $((_tokend_now + ${TOKEND_MIN_VALID:-60})) ]; then
+                echo "tokend-env.sh: the token in $_tokend_file expires in" \
+                    "$((_tokend_exp - _tokend_now))s; is tokend running? (tokend status;" \
+                    "if it cannot refresh: gcloud auth application-default login)" >&2
+                _tokend_rc=1
+            fi
+            ;;
+    esac
+    if [ "$_tokend_rc" -eq 0 ]; then
+        OPENAI_API_KEY=$_tokend_key
+        TOKEND_EXPIRES_AT=$_tokend_exp
+        export OPENAI_API_KEY TOKEND_EXPIRES_AT
+        if [ -n "$_tokend_url" ]; then
+            OPENAI_BASE_URL=$_tokend_url
+            export OPENAI_BASE_URL
+        fi
+    fi
+    unset _tokend_uid _tokend_dir _tokend_base _tokend_file _tokend_line _tokend_key \
+        _tokend_url _tokend_exp _tokend_now
+    return "$_tokend_rc"
+}
+
+if _tokend_env; then
+    unset -f _tokend_env
+    unset _tokend_rc
+else
+    unset -f _tokend_env
+    unset _tokend_rc
+    return 1
+fi

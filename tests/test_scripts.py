@@ -1,0 +1,68 @@
+"""The README's entry points work as written: scripts/demo and python -m tokend.testing.
+(scripts/test is what CI runs, so it is exercised by every CI run.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_demo_shows_rotation_and_an_openai_call_then_stops_by_itself() -> None:
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo"), "--seconds", "10"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    rotations = [line for line in out.splitlines() if "valid at FakeGoogle" in line]
+    assert len(rotations) >= 2, out  # 8-second tokens rotate within 10 s
+    assert "NOT VALID" not in out
+    assert "request accepted" in out and ", 0 rejected" in out
+    assert "fresh" in out  # tokend status
+    assert "tokend stopped (exit 0); demo done." in out
+
+
+def test_fake_google_runs_by_hand_and_prints_a_working_config(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokend.testing", "--lifetime", "60", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        config = "\n".join(
+            ln[2:] for ln in text.split("tokend config (config.toml):\n")[1].splitlines()[:3]
+        )
+        profile = tomllib.loads(config)["profiles"]["default"]
+        assert Path(profile["credentials"]).is_file()
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(config)
+        once = subprocess.run(
+            [sys.executable, "-m", "tokend", "run", "--once", "--config", str(cfg)],
+            env={**os.environ, "TOKEND_RUNTIME_DIR": str(tmp_path / "rt")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert once.returncode == 0, once.stderr
+        assert (tmp_path / "rt" / "token").read_text().startswith("ya29.fake-")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
