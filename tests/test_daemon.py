@@ -271,7 +271,8 @@ def test_deleted_files_and_runtime_dir_are_rewritten(
     fake: FakeGoogle, short_tmp: Path, daemon_factory: object
 ) -> None:
     """1. A sink file is deleted: rewritten within a second.
-    2. The whole runtime dir is deleted: recreated 0700 with all files within a second."""
+    2. The whole runtime dir is deleted: recreated 0700 with all files within a second,
+       and the socket answers again."""
     with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
         tok = current_token(d)
         d.file("token").unlink()
@@ -280,6 +281,17 @@ def test_deleted_files_and_runtime_dir_are_rewritten(
         wait_for(lambda: d.read("openai.env") is not None and d.read("token") is not None, 1.5)
         assert oct(d.runtime_dir.stat().st_mode & 0o777) == "0o700"
         assert current_token(d) == tok
+        sock = d.file("tokend.sock")
+        wait_for(sock.exists, timeout=1.5)
+        status = subprocess.run(
+            [sys.executable, "-m", "tokend", "status", "--json"],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        assert '"fresh"' in status.stdout
 
 
 def test_sighup_and_config_edits_reload_and_bad_config_is_ignored(

@@ -14,8 +14,9 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from tokend import clock
 from tokend.config import Config, ProfileConfig, load
@@ -108,6 +109,7 @@ class Daemon:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._watcher: Watcher | None = None
         self._server: SocketServer | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         self.on_state_change: list[Callable[[ProfileRefresher], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------
@@ -286,6 +288,18 @@ class Daemon:
         if in_runtime or any(path == s.path for r in self.refreshers.values() for s in r.sinks):
             self._debounced("repair", self._repair)
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task whose failure is logged, not lost."""
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._pending.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed: %s", t.exception())
+
+        task.add_done_callback(done)
+
     def _credentials_changed(self, refresher: ProfileRefresher, path: Path) -> None:
         log.info("profile %s: %s changed, reloading credentials", refresher.name, path)
         refresher.refresh_soon(reload_credentials=True)
@@ -299,6 +313,8 @@ class Daemon:
             return
         for r in self.refreshers.values():
             r.poke()
+        if self._server is not None:
+            self._background(self._server.restore())
         if self._watcher is not None:
             self._watcher.set_targets(self._watch_targets())
 

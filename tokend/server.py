@@ -303,6 +303,7 @@ class SocketServer:
         self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
         self.metrics = _Metrics(daemon)
         self._runner: web.AppRunner | None = None
+        self._site: _GatedUnixSite | None = None
         self._inode: tuple[int, int] | None = None
         self._refused_logged: set[int | None] = set()
         self._changed: dict[str, asyncio.Event] = {}
@@ -337,12 +338,13 @@ class SocketServer:
         )
         await runner.setup()
         try:
-            await _GatedUnixSite(runner, sock, self._peer_allowed).start()
+            site = _GatedUnixSite(runner, sock, self._peer_allowed)
+            await site.start()
         except BaseException:
             sock.close()
             await runner.cleanup()
             raise
-        self._runner = runner
+        self._runner, self._site = runner, site
         self.daemon.on_state_change.append(self._state_changed)
         for r in self.daemon.refreshers.values():
             self.metrics.observe(r)
@@ -358,6 +360,22 @@ class SocketServer:
         self._remove_socket_file()
         await runner.cleanup()
 
+    async def restore(self) -> None:
+        """Bind again if the socket file vanished (someone deleted the runtime dir):
+        the old listener serves an unreachable inode, so replace it."""
+        if self._runner is None or self._site is None or os.path.lexists(self.path):
+            return
+        await self._site.stop()
+        sock = self._bind()
+        try:
+            site = _GatedUnixSite(self._runner, sock, self._peer_allowed)
+            await site.start()
+        except BaseException:
+            sock.close()
+            raise
+        self._site = site
+        log.info("socket %s was deleted; listening again", self.path)
+
     def _bind(self) -> socket.socket:
         self._clear_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -372,7 +390,9 @@ class SocketServer:
             os.chmod(self.path, 0o600)
             st = os.lstat(self.path)
             self._inode = (st.st_dev, st.st_ino)
-            sock.listen(128)
+            # A deep backlog: a burst of clients connecting at once (every process of
+            # a parallel build starting together) must queue, not fail with EAGAIN.
+            sock.listen(1024)
             sock.setblocking(False)
         except BaseException:
             sock.close()
