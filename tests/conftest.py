@@ -127,6 +127,7 @@ def run_daemon(
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
     args: tuple[str, ...] = (),
+    unset: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     """Run the real ``tokend run`` with ``config`` (TOML text)
     against ``fake``; stop it with SIGTERM on exit, then scan its log for secrets.
@@ -141,6 +142,8 @@ def run_daemon(
     full_env.setdefault("TOKEND_TIMEOUT", "2")
     full_env.pop("JOURNAL_STREAM", None)
     full_env.update(env or {})
+    for name in unset:
+        full_env.pop(name, None)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tokend", "run", "--config", str(cfg_path), *args],

@@ -246,6 +246,37 @@ def test_new_identity_in_the_adc_file_replaces_the_token_at_once(
         assert fake.who(d.read("token").decode()) == "bob@example.com"
 
 
+def test_first_login_after_start_is_picked_up(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
+) -> None:
+    """1. No ADC anywhere (a fresh laptop): tokend starts, says what to run, serves nothing.
+    2. `gcloud auth application-default login` creates ~/.config/gcloud and the ADC
+       file: tokend notices (the directory did not exist when it started) and the
+       token files appear within a few seconds."""
+    home = short_tmp / "home"
+    home.mkdir()
+    config = f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
+    unset = (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "CLOUDSDK_CONFIG",
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_IP",
+    )
+    with daemon_factory(  # type: ignore[operator]
+        config, env={"HOME": str(home)}, unset=unset, wait_ready=False
+    ) as d:
+        d.wait_log("gcloud auth application-default login")
+        assert "credentials_missing" in d.log()
+        assert d.read("token") is None
+        gcloud = home / ".config" / "gcloud"
+        gcloud.mkdir(parents=True)
+        fake.write_authorized_user(
+            gcloud / "application_default_credentials.json", account="me@x.com"
+        )
+        wait_for(lambda: d.read("token.json") is not None, timeout=5)
+        assert fake.who(current_token(d)) == "me@x.com"
+
+
 def test_outage_past_expiry_removes_the_files_then_recovers(
     fake: FakeGoogle, short_tmp: Path, daemon_factory: object
 ) -> None:

@@ -106,7 +106,8 @@ class Watcher:
                 dirs.add(t)
         return dirs
 
-    def _rearm(self) -> None:
+    def _rearm(self) -> set[Path]:
+        """Watch exactly the directories needed now; returns the newly watched ones."""
         wanted = self._wanted_dirs()
         for d in set(self._dirs) - wanted:
             watch = self._dirs.pop(d)
@@ -114,13 +115,15 @@ class Watcher:
                 self._observer.unschedule(watch)  # type: ignore[arg-type]
             except (KeyError, OSError):
                 pass  # the directory vanished and took its watch with it
-        for d in wanted - set(self._dirs):
+        added = wanted - set(self._dirs)
+        for d in added:
             try:
                 self._dirs[d] = self._observer.schedule(
                     self._handler, str(d), recursive=False, event_filter=_EVENTS
                 )
             except OSError as err:
                 log.debug("cannot watch %s: %s", d, err)
+        return added
 
     def _post(self, paths: list[Path]) -> None:
         try:
@@ -136,5 +139,12 @@ class Watcher:
                     self._on_change(p)
                     relevant = True
                     break
-        if relevant:
-            self._rearm()
+        if not relevant:
+            return
+        added = self._rearm()
+        # A file created right after its directory (`mkdir -p ~/.config/gcloud` then
+        # the login writes the ADC file) lands before the new directory is watched:
+        # report every target that now exists under a newly watched directory.
+        for t in self._targets:
+            if t.parent in added and t.exists():
+                self._on_change(t)
