@@ -321,10 +321,7 @@ class ProfileRefresher:
         try:
             tok = await run_in_thread(self.source.fetch)
         except RefreshError as err:
-            if err.retryable:
-                self._failed(err.reason, str(err), retryable=True)
-            else:
-                self._failed(err.reason, str(err), retryable=False)
+            self._failed(err.reason, str(err), retryable=err.retryable)
             return None
         except CredentialsError as err:
             self._failed(err.reason, str(err), retryable=False)
@@ -369,9 +366,10 @@ class ProfileRefresher:
         if retryable:
             delay = backoff(self.consecutive_failures - 1, self.rng)
             self.next_attempt = now + delay
-            self.state = State.RETRYING if self.valid_token() else State.EXPIRED
-            if self.state is State.EXPIRED and self.token is None and self.last_refresh is None:
-                self.state = State.RETRYING
+            # "expired" only once a token we served is gone; before the first success
+            # there was nothing to expire.
+            had_one = self.last_refresh is not None
+            self.state = State.EXPIRED if had_one and not self.valid_token() else State.RETRYING
             log.warning(
                 "profile %s: refresh failed (%s), retry %d in %.1fs; %s",
                 self.name,
