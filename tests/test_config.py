@@ -171,3 +171,10 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     )
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not runtime.exists()
+
+
+def test_relative_credentials_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, '[profiles.a]\ncredentials = "keys/sa.json"\n[profiles.b]\n')
+    assert cfg.profile("a").credentials == str(tmp_path / "keys" / "sa.json")
+    assert cfg.profiles["a"].credentials == "keys/sa.json"  # the model itself is untouched
+    assert cfg.profile("b").credentials == "adc"

@@ -213,6 +213,18 @@ class Config(_Model):
             return None
         return self.runtime_path / Path(self.socket.path).expanduser()
 
+    def profile(self, name: str) -> ProfileConfig:
+        """Profile ``name`` with a relative ``credentials`` path made absolute against
+        the config file's directory (a daemon's working directory means nothing to
+        the person who wrote the file)."""
+        pc = self.profiles[name]
+        if pc.credentials in ("adc", "metadata"):
+            return pc
+        path = Path(pc.credentials).expanduser()
+        if not path.is_absolute() and self.source.startswith("/"):
+            path = Path(self.source).parent / path
+        return pc.model_copy(update={"credentials": str(path)})
+
     def validate_sinks(self) -> None:
         """Two sinks writing one file would fight; refuse that at load time."""
         seen: dict[Path, str] = {}

@@ -201,7 +201,7 @@ class Daemon:
             for d in {s.path.parent for s in sinks}:
                 if swept := sweep_temp_files(d):
                     log.info("removed %d temp file(s) a previous run left in %s", swept, d)
-            source = Source(name, pc, timeout=self.timeout)
+            source = Source(name, config.profile(name), timeout=self.timeout)
             refresher = ProfileRefresher(name, source, sinks, on_change=self._state_changed)
             self._adopt(refresher)
             self.refreshers[name] = refresher
@@ -331,7 +331,7 @@ def run_once(config: Config) -> int:
     for name, pc in config.profiles.items():
         sinks = make_sinks(config, name, pc)
         try:
-            tok = Source(name, pc, timeout=timeout).fetch()
+            tok = Source(name, config.profile(name), timeout=timeout).fetch()
         except (CredentialsError, RefreshError) as err:
             log.error("profile %s: %s", name, err)
             worst = 3
