@@ -308,7 +308,11 @@ def test_deleted_files_and_runtime_dir_are_rewritten(
         tok = current_token(d)
         d.file("token").unlink()
         wait_for(lambda: d.read("token") == tok.encode(), timeout=1.5)
-        shutil.rmtree(d.runtime_dir)
+        # Move it away first: a plain rmtree races with the daemon's repair (it can
+        # recreate a file between rmtree's unlinks and its rmdir).
+        gone = d.runtime_dir.with_name("rt-gone")
+        d.runtime_dir.rename(gone)
+        shutil.rmtree(gone)
         wait_for(lambda: d.read("openai.env") is not None and d.read("token") is not None, 1.5)
         assert oct(d.runtime_dir.stat().st_mode & 0o777) == "0o700"
         assert current_token(d) == tok
