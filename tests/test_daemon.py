@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import Daemon, wait_for
 from tokend.testing import FakeGoogle
-from tokend.token import parse_time
+from tokend.timefmt import parse_time
 
 SA_EMAIL = "sa@fake-project.iam.gserviceaccount.com"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tokend.token import Token, format_time, parse_time, token_from_dict
+from tokend.timefmt import format_time, parse_time
+from tokend.token import Token, token_from_dict
 
 SECRET = "ya29.secret-value-never-in-repr"
 T0 = 1_800_000_000.0

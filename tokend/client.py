@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tokend.errors import TokenUnavailable
-from tokend.token import format_time, parse_time
+from tokend.timefmt import format_time, parse_time
+
+# What `tokend token` imports is most of what it costs (scripts/bench.py): typing,
+# dataclasses (which pulls in inspect, ast, dis, tokenize) and hashlib (OpenSSL) are
+# kept off this module's import path, and socket is imported where it is used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "TokenInfo",
@@ -57,15 +61,49 @@ _START_HINT = "start it with `systemctl --user start tokend` (or run `tokend run
 _LOGIN_HINT = "if it cannot refresh, run `gcloud auth application-default login`"
 
 
-@dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """A token and what is known about it. ``repr`` never shows the value."""
+    """A token and what is known about it. ``repr`` never shows the value.
 
-    value: str = field(repr=False)
+    Immutable, and compared and hashed by its fields, like a frozen dataclass; written
+    out by hand because importing :mod:`dataclasses` (inspect, ast, dis, tokenize) cost
+    every ``tokend token`` about 8 ms (``python -X importtime``).
+    """
+
+    __slots__ = ("account", "expires_at", "profile", "scopes", "value")
+    __match_args__ = ("value", "expires_at", "account", "scopes", "profile")
+
+    value: str
     expires_at: float  #: epoch seconds
     account: str
     scopes: tuple[str, ...]
     profile: str
+
+    def __init__(
+        self, value: str, expires_at: float, account: str, scopes: tuple[str, ...], profile: str
+    ) -> None:
+        setter = object.__setattr__
+        setter(self, "value", value)
+        setter(self, "expires_at", expires_at)
+        setter(self, "account", account)
+        setter(self, "scopes", scopes)
+        setter(self, "profile", profile)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _fields(self) -> tuple[str, float, str, tuple[str, ...], str]:
+        return (self.value, self.expires_at, self.account, self.scopes, self.profile)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TokenInfo) and other.__class__ is self.__class__:
+            return self._fields() == other._fields()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         return (
@@ -310,6 +348,8 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
     Hand-written HTTP/1.1 (``Connection: close``, read to EOF): http.client would cost
     more to import than the whole request takes.
     """
+    import socket  # only here: the file path never needs it
+
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

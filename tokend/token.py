@@ -8,21 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Token", "format_time", "parse_time", "token_from_dict"]
+from tokend.timefmt import format_time, parse_time
 
-
-def format_time(ts: float) -> str:
-    """``2026-11-25T18:00:00Z``: whole seconds, rounded *down* so a reader never
-    believes a token lives longer than it does."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> float:
-    """Inverse of :func:`format_time` (accepts any ISO 8601 instant with an offset)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+__all__ = ["Token", "token_from_dict"]
 
 
 @dataclass(frozen=True, slots=True)
