@@ -8,14 +8,20 @@ inside the functions that need them.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 from tokend import __version__
 from tokend.errors import ConfigError, TokendError, UnsafePathError
+
+# Imports are most of what `tokend token` costs (scripts/bench.py): logging (with
+# traceback, threading) and typing are loaded only by the commands that need them; the
+# annotations that name them are never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 __all__ = ["EXIT_CONFIG", "EXIT_CREDENTIALS", "EXIT_OK", "EXIT_UNAVAILABLE", "main"]
 
@@ -24,37 +30,30 @@ EXIT_UNAVAILABLE = 1  #: no token could be had / generic failure
 EXIT_CONFIG = 2  #: invalid configuration or unsafe paths (also argparse usage errors)
 EXIT_CREDENTIALS = 3  #: credentials missing/revoked or the refresh failed
 
-log = logging.getLogger("tokend")
+#: syslog priorities for the ``<N>`` prefix journald understands.
+_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
-class _Formatter(logging.Formatter):
+def _formatter(journal: bool) -> logging.Formatter:
     """One line per event. Under journald (``JOURNAL_STREAM`` set) no timestamp, which
     journald adds itself, and a ``<N>`` syslog priority prefix it understands."""
+    import logging
 
-    _PRIORITY: ClassVar[dict[str, int]] = {
-        "DEBUG": 7,
-        "INFO": 6,
-        "WARNING": 4,
-        "ERROR": 3,
-        "CRITICAL": 2,
-    }
+    class Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = super().format(record).replace("\n", " | ")
+            if journal:
+                return f"<{_PRIORITY.get(record.levelname, 6)}>{text}"
+            return text
 
-    def __init__(self, journal: bool) -> None:
-        super().__init__(
-            "%(message)s" if journal else "%(asctime)s tokend %(levelname)s: %(message)s"
-        )
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record).replace("\n", " | ")
-        if self.journal:
-            return f"<{self._PRIORITY.get(record.levelname, 6)}>{text}"
-        return text
+    return Formatter("%(message)s" if journal else "%(asctime)s tokend %(levelname)s: %(message)s")
 
 
 def setup_logging(verbose: bool = False) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    handler.setFormatter(_formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -68,6 +67,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from tokend import config as config_mod
     from tokend.daemon import Daemon, harden_process, run_once
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(cfg, cfg_path)
         return asyncio.run(daemon.run())
     except (ConfigError, UnsafePathError) as err:
-        log.error("%s", err)
+        logging.getLogger("tokend").error("%s", err)
         return EXIT_CONFIG
 
 
@@ -243,7 +243,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def _ago(iso: str | None, now: float, *, future: bool) -> str:
     if not iso:
         return "-"
-    from tokend.token import parse_time
+    from tokend.timefmt import parse_time
 
     delta = int(parse_time(iso) - now) if future else int(now - parse_time(iso))
     if delta < 0:
@@ -289,6 +289,66 @@ def cmd_status(args: argparse.Namespace) -> int:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
+
+
+def _service_backend(args: argparse.Namespace) -> Any:
+    """The installer module: --systemd / --launchd, else the platform's own."""
+    manager = args.manager or ("launchd" if sys.platform == "darwin" else "systemd")
+    if manager == "launchd":
+        from tokend.service import launchd
+
+        return launchd
+    from tokend.service import systemd
+
+    return systemd
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tokend.service import ServiceError, tokend_command
+
+    config = None
+    if args.config:
+        config = Path(args.config).expanduser().absolute()
+        if not config.is_file():
+            print(f"tokend: install: {config}: no such file", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        lines = _service_backend(args).install(tokend_command(), config, dry_run=args.dry_run)
+    except ServiceError as err:
+        print(f"tokend: install: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from tokend.service import ServiceError
+
+    try:
+        lines = _service_backend(args).uninstall(dry_run=args.dry_run)
+    except ServiceError as err:
+        print(f"tokend: uninstall: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tokend.doctor import run_checks
+
+    if args.config:
+        # The client helpers (socket, token file) find the config through this too.
+        os.environ["TOKEND_CONFIG"] = args.config
+    checks = run_checks(args.config)
+    failed = any(c.status == "FAIL" for c in checks)
+    if args.json:
+        _emit_json({"ok": not failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        for check in checks:
+            print(check.line())
+    return EXIT_UNAVAILABLE if failed else EXIT_OK
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -360,6 +420,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the daemon's profiles (never a token)")
     p.add_argument("--json", action="store_true", help="print the /v1/status object")
     p.set_defaults(func=cmd_status)
+
+    def manager_opts(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(
+            "--systemd",
+            dest="manager",
+            action="store_const",
+            const="systemd",
+            help="systemd user unit (default on Linux)",
+        )
+        group.add_argument(
+            "--launchd",
+            dest="manager",
+            action="store_const",
+            const="launchd",
+            help="launchd agent (default on macOS)",
+        )
+        p.add_argument("--dry-run", action="store_true", help="print what would be written and run")
+
+    p = sub.add_parser(
+        "install",
+        help="run tokend as a service: systemd user unit or launchd agent",
+        description="Write the systemd user unit (~/.config/systemd/user/tokend.service) "
+        "or the launchd agent (~/Library/LaunchAgents/dev.tokend.plist) for this tokend, "
+        "then enable and start it. Safe to run again (e.g. after an upgrade).",
+    )
+    manager_opts(p)
+    p.add_argument("--config", metavar="PATH", help="config file the service should use")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="stop the service and remove its unit or plist")
+    manager_opts(p)
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser("doctor", help="check credentials, paths, socket, service, token and clock")
+    p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
+    p.add_argument("--json", action="store_true", help="the checks as JSON")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

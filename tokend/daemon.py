@@ -24,6 +24,7 @@ from tokend.errors import ConfigError, CredentialsError, RefreshError
 from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir
 from tokend.refresher import ProfileRefresher
 from tokend.server import SocketServer, refuse_if_served
+from tokend.service.notify import ServiceLink, describe
 from tokend.sinks import FileSink, sweep_temp_files
 from tokend.source import Source
 from tokend.token import Token, token_from_dict
@@ -50,11 +51,23 @@ def fetch_timeout() -> float:
     return value
 
 
+#: Soft limit on open files the daemon raises itself to (within the hard limit).
+NOFILE = 65536
+
+
 def harden_process() -> None:
-    """umask 077 (every file we create is private) and no core dumps (a core file
-    would hold tokens in clear)."""
+    """umask 077 (every file we create is private), no core dumps (a core file would
+    hold tokens in clear), and room for many clients: systemd's default soft limit of
+    1024 open files would make a burst of connections fail ``accept`` with EMFILE (and
+    starve token fetches and file writes of descriptors); raise it within the hard
+    limit, as systemd.exec(5) advises programs that need more."""
     os.umask(0o077)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def prepare_paths(config: Config) -> None:
@@ -111,6 +124,10 @@ class Daemon:
         self._server: SocketServer | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.on_state_change: list[Callable[[ProfileRefresher], None]] = []
+        # sd_notify (READY/STATUS/WATCHDOG/STOPPING); does nothing outside systemd.
+        self._link = ServiceLink(
+            lambda: describe((r.snapshot() for r in self.refreshers.values()), clock.now())
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -137,6 +154,7 @@ class Daemon:
                     self, self.config.socket_path, self.config.socket.allow_uids
                 )
                 await self._server.start()
+            self._link.start(self.first_attempts)  # READY=1 once every profile tried
             await self._stop.wait()
         finally:
             await self._shutdown(watcher)
@@ -151,6 +169,7 @@ class Daemon:
 
     async def _shutdown(self, watcher: Watcher) -> None:
         log.info("tokend stopping")
+        self._link.stopping()
         if self._server is not None:
             await self._server.stop()  # first: no client waits on a refresher being stopped
             self._server = None
@@ -234,18 +253,22 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read the configuration; a bad one is logged and the running one kept."""
+        self._link.reloading()
         try:
-            config = load(self.config_path)
-            if config == self.config:
-                log.info("configuration unchanged")
+            try:
+                config = load(self.config_path)
+                if config == self.config:
+                    log.info("configuration unchanged")
+                    return
+                self._apply(config)
+            except (ConfigError, PermissionError) as err:
+                log.error("configuration not reloaded, keeping the running one: %s", err)
                 return
-            self._apply(config)
-        except (ConfigError, PermissionError) as err:
-            log.error("configuration not reloaded, keeping the running one: %s", err)
-            return
-        if self._watcher is not None:
-            self._watcher.set_targets(self._watch_targets())
-        log.info("configuration reloaded: %d profile(s)", len(self.refreshers))
+            if self._watcher is not None:
+                self._watcher.set_targets(self._watch_targets())
+            log.info("configuration reloaded: %d profile(s)", len(self.refreshers))
+        finally:
+            self._link.reloaded()
 
     # -- events -----------------------------------------------------------------------
 
@@ -321,6 +344,7 @@ class Daemon:
     def _state_changed(self, refresher: ProfileRefresher) -> None:
         for cb in self.on_state_change:
             cb(refresher)
+        self._link.status_changed()
 
 
 def run_once(config: Config) -> int:

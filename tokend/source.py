@@ -57,7 +57,7 @@ from tokend.token import Token
 # google-auth ships py.typed but leaves most functions unannotated; each call to one
 # carries a `type: ignore[no-untyped-call]`.
 
-__all__ = ["CREDENTIAL_TYPES", "Source"]
+__all__ = ["CREDENTIAL_TYPES", "Source", "describe_credentials"]
 
 #: Credential file types tokend can refresh (``metadata`` is not a file type).
 CREDENTIAL_TYPES = (
@@ -488,6 +488,44 @@ class Source:
         if self.credential_type in ("authorized_user", "external_account_authorized_user"):
             return f"log in again or replace {self._file} ({_LOGIN} and copy the new file there)"
         return f"replace {self._file} (profiles.{self.name}.credentials) with valid credentials"
+
+
+_IMPERSONATION_TARGET = re.compile(r"serviceAccounts/([^/:]+@[^/:]+):generateAccessToken")
+
+
+def describe_credentials(name: str, profile: ProfileConfig) -> tuple[str, str]:
+    """What a profile's credentials are, for ``tokend doctor``: ``(type, account)``.
+
+    Reads the file without refreshing anything, and returns no secret: only the
+    ``type`` and an identity field (``client_email``, ``account``, or the service
+    account an impersonation URL names); ``account`` is "" when the file names none.
+    ``("metadata", "")`` for the metadata server (also ADC's fallback on a GCE VM).
+
+    Raises:
+        CredentialsError: the file is missing, unreadable, not JSON or of an
+            unsupported type; the message names the file and the fix.
+    """
+    source = Source(name, profile)
+    path = source._file
+    if path is None or (
+        source._adc and not source._adc_explicit and not path.exists() and _on_gce()
+    ):
+        return "metadata", ""
+    info = source._read_json(path)
+    kind = info.get("type")
+    if kind not in CREDENTIAL_TYPES:
+        shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
+        raise source._invalid(f"{path}: credential type {shown} is not supported; {source._fix()}")
+    account = ""
+    for key in ("client_email", "account"):
+        value = info.get(key)
+        if isinstance(value, str) and "@" in value:
+            account = value
+            break
+    url = info.get("service_account_impersonation_url")
+    if isinstance(url, str) and (m := _IMPERSONATION_TARGET.search(url)):
+        account = urllib.parse.unquote(m.group(1))
+    return str(kind), account
 
 
 def _account_of(credentials: Any) -> str:

@@ -1,0 +1,301 @@
+"""``tokend doctor``: check the setup, one line per check with the fix.
+
+Each check returns a :class:`Check` (``OK``, ``WARN`` or ``FAIL``). Nothing here writes
+a file, refreshes a token or talks to Google: the doctor is safe to run offline and
+while the daemon runs. Credentials are described by :func:`tokend.source.describe_credentials`
+(type and account only); tokens are never printed, only how long they stay valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tokend.service import run_command
+
+__all__ = ["Check", "run_checks"]
+
+Status = Literal["OK", "WARN", "FAIL"]
+
+#: Google access tokens live at most 12 h (1 h by default); a token that claims to
+#: last longer means the clock jumped back after it was fetched.
+MAX_TOKEN_LIFETIME = 12 * 3600 + 300
+#: A wall clock before this (2024-01-01) is a dead RTC battery or a VM without time sync.
+EARLIEST_SANE_TIME = 1_704_067_200
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One result line: ``STATUS  name  detail — fix``."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<5} {self.name:<10} {self.detail}"
+        return f"{text} — {self.fix}" if self.fix else text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_checks(config_path: str | None = None) -> list[Check]:
+    """Every check, in the order a person would fix things."""
+    return list(_checks(config_path))
+
+
+def _checks(config_path: str | None) -> Iterator[Check]:
+    from tokend import config as config_mod
+    from tokend.errors import ConfigError
+
+    try:
+        cfg = config_mod.load(config_path)
+    except ConfigError as err:
+        yield Check("config", "FAIL", str(err), "fix the file (see README, Configuration)")
+        return
+    file, _named = config_mod.resolve_config_path(config_path)
+    where = str(file) if file.exists() else "no config file, defaults"
+    yield Check("config", "OK", f"{where}: {len(cfg.profiles)} profile(s)")
+
+    status, why = _daemon_status()
+    profiles: dict[str, Any] = (status or {}).get("profiles") or {}
+    for name, profile in cfg.profiles.items():
+        yield _credentials(name, profile, profiles.get(name) or {})
+    yield _runtime_dir(cfg.runtime_path)
+    yield _socket(cfg.socket_path, status, why)
+    yield _service()
+    for name in cfg.profiles:
+        yield _token(name, profiles.get(name) or {})
+    yield _clock(profiles)
+    for name, profile in cfg.profiles.items():
+        yield _openai(name, profile.base_url)
+
+
+# -- the checks ----------------------------------------------------------------------
+
+
+def _credentials(name: str, profile: Any, live: dict[str, Any]) -> Check:
+    from tokend.errors import CredentialsError
+    from tokend.source import Source, describe_credentials
+
+    label = "adc" if profile.credentials == "adc" else f"creds:{name}"
+    files = Source(name, profile).watched_paths
+    where = f" at {files[0]}" if files else ""
+    try:
+        kind, account = describe_credentials(name, profile)
+    except CredentialsError as err:
+        if live.get("credential_type") == "metadata":  # the daemon fell back to it
+            return Check(label, "OK", f"profile {name}: metadata server (per the daemon)")
+        what, _, fix = str(err).rpartition("; ")
+        return Check(label, "FAIL", f"profile {name}: {what or fix}", fix if what else "")
+    who = f" ({account})" if account else ""
+    return Check(label, "OK", f"profile {name}: {kind}{who}{where}")
+
+
+def _runtime_dir(path: Path) -> Check:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Check(
+            "runtime", "WARN", f"{path} does not exist yet", "start tokend; it creates it 0700"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return Check("runtime", "FAIL", f"{path} is not a directory", f"rm {path}")
+    if st.st_uid != os.getuid():
+        return Check(
+            "runtime",
+            "FAIL",
+            f"{path} is owned by uid {st.st_uid}, not {os.getuid()}",
+            "set runtime_dir / TOKEND_RUNTIME_DIR to a directory of your own",
+        )
+    if mode & 0o077:
+        return Check("runtime", "FAIL", f"{path} has mode {mode:04o}", f"chmod 700 {path}")
+    loose = []
+    for entry in path.iterdir():
+        with contextlib.suppress(OSError):  # it may vanish in a rotation while we look
+            est = entry.lstat()
+            if stat.S_ISREG(est.st_mode) and stat.S_IMODE(est.st_mode) & 0o077:
+                loose.append(f"{entry.name} {stat.S_IMODE(est.st_mode):04o}")
+    if loose:
+        return Check(
+            "runtime",
+            "WARN",
+            f"{path} is 0700 but holds files open to others: {', '.join(loose)}",
+            "fine if a sink's `mode` says so; else chmod 600 them",
+        )
+    return Check("runtime", "OK", f"{path} (mode 0700, ours)")
+
+
+def _daemon_status() -> tuple[dict[str, Any] | None, str]:
+    """The daemon's /v1/status, or (None, why not)."""
+    from tokend import client
+
+    try:
+        return client.daemon_status(timeout=3.0), ""
+    except client.TokenUnavailable as err:
+        return None, str(err)
+
+
+def _socket(path: Path | None, status: dict[str, Any] | None, why: str) -> Check:
+    if path is None:
+        return Check("socket", "WARN", 'turned off (socket.path = "")', "clients use files only")
+    if status is None:
+        return Check("socket", "FAIL", why, _start_hint())
+    n = len(status.get("profiles") or {})
+    return Check("socket", "OK", f"tokend answers on {path} ({n} profile(s))")
+
+
+def _start_hint() -> str:
+    if sys.platform == "darwin":
+        return "tokend install (or `tokend run`)"
+    return "systemctl --user start tokend (or `tokend install`, or `tokend run`)"
+
+
+def _service() -> Check:
+    if sys.platform == "darwin":
+        return _launchd_service()
+    return _systemd_service()
+
+
+def _systemd_service() -> Check:
+    from tokend.service.systemd import UNIT_NAME, unit_path
+
+    path = unit_path()
+    if not path.exists():
+        return Check(
+            "service", "WARN", f"not installed ({path} missing)", "tokend install --systemd"
+        )
+    if shutil.which("systemctl") is None:
+        return Check("service", "WARN", f"{path} present but systemctl not found")
+    try:
+        result = run_command(["systemctl", "--user", "is-active", UNIT_NAME], timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return Check("service", "WARN", f"systemctl --user is-active: {err}")
+    state = (result.stdout.strip() or result.stderr.strip() or "unknown").splitlines()[0]
+    if state == "active":
+        return Check("service", "OK", f"{UNIT_NAME} is active ({path})")
+    if "bus" in state.lower():
+        return Check(
+            "service",
+            "WARN",
+            f"systemd user manager not reachable ({state})",
+            "log in with a normal session, or `loginctl enable-linger $USER`",
+        )
+    return Check(
+        "service",
+        "FAIL",
+        f"{UNIT_NAME} is {state}",
+        "systemctl --user start tokend; see `journalctl --user -u tokend`",
+    )
+
+
+def _launchd_service() -> Check:
+    from tokend.service.launchd import LABEL, log_path, plist_path
+
+    path = plist_path()
+    if not path.exists():
+        return Check(
+            "service", "WARN", f"not installed ({path} missing)", "tokend install --launchd"
+        )
+    target = f"gui/{os.getuid()}/{LABEL}"
+    try:
+        result = run_command(["launchctl", "print", target], timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return Check("service", "WARN", f"launchctl print {target}: {err}")
+    if result.returncode != 0:
+        return Check("service", "FAIL", f"{LABEL} is not loaded", "tokend install --launchd")
+    running = "state = running" in result.stdout
+    if running:
+        return Check("service", "OK", f"{LABEL} is loaded and running")
+    return Check("service", "FAIL", f"{LABEL} is loaded but not running", f"see {log_path()}")
+
+
+def _token(name: str, live: dict[str, Any]) -> Check:
+    from tokend import client
+
+    label = f"token:{name}"
+    try:
+        info = client.token_info(name, min_valid=0, timeout=5.0)
+    except client.TokenUnavailable as err:
+        error = live.get("last_error") or ""
+        detail = f"{live.get('state')}: {error}" if error else str(err)
+        return Check(label, "FAIL", detail, "see `tokend status` and the daemon's log")
+    who = f", account {info.account}" if info.account else ""
+    minutes = int(info.expires_in // 60)
+    return Check(label, "OK", f"valid for {minutes}m{who}")
+
+
+def _clock(profiles: dict[str, Any]) -> Check:
+    now = time.time()
+    if now < EARLIEST_SANE_TIME:
+        return Check(
+            "clock",
+            "FAIL",
+            f"the system clock says {time.strftime('%Y-%m-%d', time.gmtime(now))}",
+            "set the time / enable time sync (timedatectl set-ntp true)",
+        )
+    for name, p in profiles.items():
+        expires_in = p.get("expires_in")
+        if isinstance(expires_in, int | float) and expires_in > MAX_TOKEN_LIFETIME:
+            return Check(
+                "clock",
+                "WARN",
+                f"profile {name}'s token expires in {int(expires_in)}s, longer than Google "
+                "issues: the clock went back after it was fetched",
+                "kill -USR1 the daemon (or restart it) to refetch",
+            )
+    synced = _ntp_synchronized()
+    if synced is False:
+        return Check(
+            "clock",
+            "WARN",
+            "not synchronized with a time server; expiry times may be off",
+            "timedatectl set-ntp true",
+        )
+    return Check("clock", "OK", "plausible" + (" and NTP-synchronized" if synced else ""))
+
+
+def _ntp_synchronized() -> bool | None:
+    """timedatectl's view, None when it cannot tell (no systemd, macOS, containers)."""
+    if shutil.which("timedatectl") is None:
+        return None
+    try:
+        result = run_command(
+            ["timedatectl", "show", "--property=NTPSynchronized", "--value"], timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = result.stdout.strip()
+    return {"yes": True, "no": False}.get(value) if result.returncode == 0 else None
+
+
+def _openai(name: str, base_url: str) -> Check:
+    label = f"openai:{name}"
+    if not base_url:
+        return Check(
+            label,
+            "WARN",
+            f"no [profiles.{name}.openai] table: OPENAI_BASE_URL is unknown",
+            "add project and location there if you use Vertex AI's OpenAI endpoint",
+        )
+    env = os.environ.get("OPENAI_BASE_URL")
+    if name == "default" and env and env.rstrip("/") != base_url:
+        return Check(
+            label,
+            "WARN",
+            f"OPENAI_BASE_URL in this shell is {env}, tokend composes {base_url}",
+            'eval "$(tokend env)" or unset OPENAI_BASE_URL',
+        )
+    return Check(label, "OK", base_url)

@@ -1,0 +1,121 @@
+"""Running tokend under a service manager.
+
+- :mod:`tokend.service.notify`: the sd_notify protocol (``READY``, ``STATUS``,
+  ``WATCHDOG``, ``STOPPING``), stdlib only, silent outside systemd.
+- :mod:`tokend.service.systemd`: the user unit, ``tokend install`` / ``uninstall`` on Linux.
+- :mod:`tokend.service.launchd`: the LaunchAgent plist and the same on macOS.
+
+Installers share :class:`Plan` (the steps, in order: ``--dry-run`` prints what a real
+run carries out) and :class:`ServiceError` (one line with the fix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tokend.errors import TokendError
+
+__all__ = ["Plan", "ServiceError", "Step", "run_command", "tokend_command", "write_file"]
+
+
+class ServiceError(TokendError, RuntimeError):
+    """A service manager is missing or refused; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing an installer does: write a file, remove one, or run a command."""
+
+    kind: Literal["write", "remove", "run"]
+    path: Path | None = None
+    content: bytes = b""
+    cmd: tuple[str, ...] = ()
+    note: str = ""  #: shown by --dry-run, e.g. "only when loaded"
+
+    def render(self) -> str:
+        note = f"  # {self.note}" if self.note else ""
+        if self.kind == "write":
+            return f"# would write {self.path}:{note}\n{self.content.decode().rstrip()}"
+        if self.kind == "remove":
+            return f"# would remove {self.path}{note}"
+        return f"# would run: {_shell_join(self.cmd)}{note}"
+
+
+@dataclass
+class Plan:
+    """What an install/uninstall does, in order: printed by ``--dry-run``, else
+    carried out by the installer."""
+
+    steps: list[Step] = field(default_factory=list)
+
+    def write(self, path: Path, content: bytes) -> None:
+        self.steps.append(Step("write", path=path, content=content))
+
+    def remove(self, path: Path) -> None:
+        self.steps.append(Step("remove", path=path))
+
+    def run(self, *cmd: str, note: str = "") -> None:
+        self.steps.append(Step("run", cmd=cmd, note=note))
+
+    def render(self) -> str:
+        """The dry-run text."""
+        return "\n".join(step.render() for step in self.steps)
+
+
+def _shell_join(cmd: Sequence[str]) -> str:
+    import shlex
+
+    return shlex.join(cmd)
+
+
+def tokend_command() -> list[str]:
+    """How a service manager should start this tokend: the ``tokend`` script that is
+    running now, else the one on PATH, else ``python -m tokend`` with this interpreter.
+
+    The script path is kept as given (not resolved through symlinks): pipx and
+    distribution packages keep that path stable across upgrades.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "tokend" and os.access(argv0, os.X_OK):
+        return [os.path.abspath(argv0)]
+    found = shutil.which("tokend")
+    if found:
+        return [os.path.abspath(found)]
+    return [sys.executable, "-m", "tokend"]
+
+
+def write_file(path: Path, content: bytes, mode: int = 0o644) -> bool:
+    """Write ``content`` to ``path`` atomically (temp file + rename). Returns False,
+    touching nothing, when the file already holds exactly that content."""
+    try:
+        if path.read_bytes() == content:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def run_command(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a service-manager command (looked up on PATH), capturing its output: we
+    print our own line instead."""
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout)

@@ -1,0 +1,240 @@
+"""The systemd user unit, and ``tokend install`` / ``uninstall`` on Linux.
+
+The unit text lives here, not only in ``systemd/tokend.service``, because an installed
+wheel carries no ``systemd/`` directory; a test pins the committed file to
+:func:`render_unit` with the default ``ExecStart``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokend.service import Plan, ServiceError, run_command, write_file
+
+__all__ = [
+    "DEFAULT_EXEC",
+    "UNIT_NAME",
+    "install",
+    "install_plan",
+    "render_unit",
+    "uninstall",
+    "uninstall_plan",
+    "unit_path",
+]
+
+UNIT_NAME = "tokend.service"
+#: ExecStart of the committed unit (for packagers: tokend on the manager's PATH).
+#: ``tokend install`` writes the absolute path of the installed tokend instead.
+DEFAULT_EXEC = ("/usr/bin/env", "tokend")
+
+# Every hardening line is one that works in a *user* unit (systemd >= 247 with
+# PrivateUsers=yes, which user units need for any file-system sandboxing).
+# Left out on purpose, though `systemd-analyze security` would count them:
+# ProtectProc=, ProcSubset= and ProtectControlGroups= (system units only),
+# IPAddressDeny= (needs BPF privileges a user manager lacks; Google's addresses
+# are not a fixed list anyway), PrivateNetwork= (we must reach Google).
+_UNIT = """\
+# tokend: keeps a Google access token fresh for every local program.
+# Installed by `tokend install`; check it with `tokend doctor`.
+[Unit]
+Description=tokend: fresh Google access tokens for local programs
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=5s
+# Exit code 2 is a bad configuration or another tokend on the socket: a restart
+# cannot fix either (fix the file, then `systemctl --user restart tokend`).
+RestartPreventExitStatus=2
+WatchdogSec=30s
+TimeoutStopSec=10s
+
+# %t/tokend (= $XDG_RUNTIME_DIR/tokend, tokend's default runtime_dir), mode 0700 as
+# tokend requires. Kept across restarts so clients keep reading a valid token file.
+RuntimeDirectory=tokend
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+UMask=0077
+LimitCORE=0
+
+# Sandbox. Read-only: the OS and $HOME (~/.config/gcloud ADC, ~/.config/tokend);
+# writable: only the runtime dir. A runtime_dir or absolute sink path elsewhere
+# needs a drop-in with ReadWritePaths=.
+# PrivateUsers=yes maps only this user: peers of other uids (socket.allow_uids)
+# appear as 65534 (see README, "Running as a service").
+PrivateUsers=yes
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateIPC=yes
+PrivateMounts=yes
+ProtectHostname=yes
+ProtectClock=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+KeyringMode=private
+RemoveIPC=yes
+# Google's token endpoints (and the metadata server), and the Unix socket.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def _exec_quote(arg: str, *, program: bool = False) -> str:
+    """Quote one ExecStart= word: systemd expands ``%`` specifiers everywhere and
+    ``$VARS`` in the arguments (not in the program path), and splits on whitespace,
+    so a path must be escaped to stay literal."""
+    escaped = arg.replace("%", "%%")
+    if not program:
+        escaped = escaped.replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", escaped):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_unit(command: Sequence[str] = DEFAULT_EXEC, config: Path | None = None) -> str:
+    """The unit text with ``ExecStart=`` running ``command run`` (``--config`` added
+    when given)."""
+    argv = [*command, "run"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    words = [_exec_quote(argv[0], program=True), *(_exec_quote(a) for a in argv[1:])]
+    return _UNIT.format(exec_start=" ".join(words))
+
+
+def unit_path() -> Path:
+    """``$XDG_CONFIG_HOME/systemd/user/tokend.service`` (``~/.config`` by default)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg.startswith("/") else Path.home() / ".config"
+    return base / "systemd" / "user" / UNIT_NAME
+
+
+SYSTEMCTL = ("systemctl", "--user")
+
+
+def install_plan(command: Sequence[str], config: Path | None, *, update: bool) -> Plan:
+    """Write the unit, reload, restart a running older version, enable and start.
+
+    Args:
+        update: the unit file exists with other content (an upgrade, a new --config).
+    """
+    plan = Plan()
+    plan.write(unit_path(), render_unit(command, config).encode())
+    plan.run(*SYSTEMCTL, "daemon-reload")
+    if update:
+        # enable --now does not restart a running service: apply the new unit.
+        plan.run(*SYSTEMCTL, "try-restart", UNIT_NAME)
+    plan.run(*SYSTEMCTL, "enable", "--now", UNIT_NAME)
+    return plan
+
+
+def uninstall_plan() -> Plan:
+    """Stop and disable, remove the unit file, reload."""
+    plan = Plan()
+    plan.run(*SYSTEMCTL, "disable", "--now", UNIT_NAME)
+    plan.remove(unit_path())
+    plan.run(*SYSTEMCTL, "daemon-reload")
+    return plan
+
+
+_NO_MANAGER = (
+    "systemd's user manager is not reachable ({why}). Fix: log in through a normal "
+    "session (ssh or console, not su/sudo), or run `loginctl enable-linger $USER` "
+    "so it starts at boot; then run `tokend {verb}` again. Without systemd, run "
+    "`tokend run` under another supervisor."
+)
+#: What systemctl --user says when there is no user manager (or no session bus) to ask.
+_NO_BUS = ("Failed to connect to bus", "No medium found", "XDG_RUNTIME_DIR", "not defined")
+
+
+def _require_systemctl() -> None:
+    if shutil.which("systemctl") is None:
+        raise ServiceError(
+            "systemctl not found: this system does not run systemd. Run `tokend run` "
+            "under your own supervisor, or use --launchd on macOS"
+        )
+
+
+def _carry_out(plan: Plan, verb: str) -> list[str]:
+    """Do the plan's steps in order; one line per file touched. A failing command
+    stops it with a ServiceError that also says what was done before."""
+    done: list[str] = []
+    for step in plan.steps:
+        if step.kind == "write" and step.path is not None:
+            changed = write_file(step.path, step.content)
+            done.append(f"{'wrote' if changed else 'unchanged:'} {step.path}")
+        elif step.kind == "remove" and step.path is not None:
+            step.path.unlink(missing_ok=True)
+            done.append(f"removed {step.path}")
+        elif step.kind == "run":
+            result = run_command(step.cmd)
+            if result.returncode == 0:
+                continue
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            first = lines[0] if lines else f"exit status {result.returncode}"
+            before = "".join(f"{d}; " for d in done)
+            if any(marker in first for marker in _NO_BUS):
+                raise ServiceError(before + _NO_MANAGER.format(why=first, verb=verb))
+            raise ServiceError(f"{before}`{' '.join(step.cmd)}` failed: {first}")
+    return done
+
+
+def install(command: Sequence[str], config: Path | None, *, dry_run: bool = False) -> list[str]:
+    """Install, enable and start the user unit. Returns the lines to print.
+
+    Raises:
+        ServiceError: no systemctl, or the user manager is unreachable (message has the fix).
+    """
+    path = unit_path()
+    content = render_unit(command, config).encode()
+    try:
+        update = path.read_bytes() != content
+    except FileNotFoundError:
+        update = False
+    plan = install_plan(command, config, update=update)
+    if dry_run:
+        return [plan.render()]
+    _require_systemctl()
+    done = _carry_out(plan, "install")
+    exec_line = next(ln for ln in content.decode().splitlines() if ln.startswith("ExecStart="))
+    return [
+        f"{done[0]} ({exec_line})",
+        f"enabled and started {UNIT_NAME}; see `systemctl --user status tokend`, "
+        "`journalctl --user -u tokend` or `tokend doctor`",
+    ]
+
+
+def uninstall(*, dry_run: bool = False) -> list[str]:
+    """Stop, disable and remove the user unit. Returns the lines to print."""
+    path = unit_path()
+    plan = uninstall_plan()
+    if dry_run:
+        return [plan.render()]
+    if not path.exists():
+        return [f"{UNIT_NAME} is not installed ({path} does not exist); nothing to do"]
+    _require_systemctl()
+    done = _carry_out(plan, "uninstall")
+    return [f"stopped and disabled {UNIT_NAME}", *done]
