@@ -22,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 from tokend import clock
 from tokend.errors import CredentialsError, RefreshError
 from tokend.sinks import FileSink
-from tokend.token import Token, format_time
+from tokend.timefmt import format_time
+from tokend.token import Token
 
 __all__ = [
     "BACKOFF_BASE",
@@ -211,6 +212,9 @@ class ProfileRefresher:
         self.last_refresh: float | None = None
         self.next_attempt: float = -math.inf  # fetch at once
         self.sink_error = ""
+        #: The token each sink file holds as far as we know: after a failed write it is
+        #: older than ``token`` and must go when *it* retires.
+        self._on_disk: dict[Path, Token] = {}
         self.attempted = asyncio.Event()  # set once the first attempt has finished
         self._wake = asyncio.Event()
         self._inflight: asyncio.Future[Token | None] | None = None
@@ -251,6 +255,7 @@ class ProfileRefresher:
         the token was valid enough to adopt."""
         if clock.now() < retire_at(token):
             self.token = token
+            self._on_disk = {s.path: token for s in self.sinks if s.exists()}
             return True
         return False
 
@@ -290,6 +295,7 @@ class ProfileRefresher:
         while not self._stopping:
             now = clock.now()
             self._expire_if_due(now)
+            self._expire_stale_files(now)
             if now >= self.next_attempt:
                 await self.refresh()
                 continue
@@ -297,6 +303,8 @@ class ProfileRefresher:
             deadline = self.next_attempt
             if self.token is not None:
                 deadline = min(deadline, retire_at(self.token))
+            for on_disk in list(self._on_disk.values()):
+                deadline = min(deadline, retire_at(on_disk))
             if self.sink_error:
                 deadline = min(deadline, now + SINK_RETRY)
             timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
@@ -397,6 +405,7 @@ class ProfileRefresher:
         if tok is None or now < retire_at(tok):
             return
         self.token = None
+        self._on_disk.clear()
         removed = [str(s.path) for s in self.sinks if self._remove(s)]
         if self.state is not State.REAUTH_REQUIRED:
             self.state = State.EXPIRED
@@ -408,6 +417,25 @@ class ProfileRefresher:
             ", ".join(removed) or "no files",
         )
         self._changed()
+
+    def _expire_stale_files(self, now: float) -> None:
+        """Remove a sink file whose token retires while a newer token could not be
+        written to it (disk full): no file may hold an expired token. ``unlink`` works
+        on a full disk; on a read-only one the failure is logged."""
+        for sink in self.sinks:
+            tok = self._on_disk.get(sink.path)
+            if tok is None or now < retire_at(tok):
+                continue
+            del self._on_disk[sink.path]
+            if self._remove(sink):
+                log.warning(
+                    "profile %s: removed %s: the token it held (%s) expired and its "
+                    "successor could not be written (%s)",
+                    self.name,
+                    sink.path,
+                    tok.fingerprint,
+                    self.sink_error or "write failed",
+                )
 
     def _remove(self, sink: FileSink) -> bool:
         try:
@@ -428,6 +456,8 @@ class ProfileRefresher:
                 sink.write(tok, now)
             except OSError as err:
                 errors.append(f"cannot write {sink.path}: {err.strerror or err}")
+            else:
+                self._on_disk[sink.path] = tok
         error = "; ".join(errors)
         if error and error != self.sink_error:
             log.error(

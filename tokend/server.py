@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -50,6 +51,10 @@ MAX_LINE = 4096
 MAX_FIELD = 4096
 MAX_HEADERS = 32
 MAX_BODY = 1024
+#: Listen backlog: a burst of clients connecting at once (every process of a parallel
+#: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
+#: net.core.somaxconn.
+BACKLOG = 1024
 #: Upper bounds for the query parameters (seconds).
 MAX_WAIT = 120.0
 MAX_MIN_VALID = 24 * 3600.0
@@ -130,6 +135,20 @@ def refuse_if_served(path: Path) -> bool:
     )
 
 
+class _QuietClientErrors(logging.Filter):
+    """Drops aiohttp's log record for a request its parser rejected (the client gets
+    its 400). aiohttp logs each at ERROR with a traceback that quotes the client's
+    bytes: a client sending garbage in a loop would flood the journal, whose rate limit
+    would then drop tokend's own lines. Handler errors (5xx) are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500)
+
+
+_QUIET = _QuietClientErrors()
+
+
 class _PeerGate(asyncio.Protocol):
     """Stands in front of aiohttp's protocol for one connection: checks the peer uid
     in ``connection_made`` and only then creates and feeds aiohttp's handler. A refused
@@ -194,8 +213,10 @@ class _GatedUnixSite(web.UnixSite):
         if factory is None:
             raise RuntimeError("runner not set up")
         loop = asyncio.get_running_loop()
+        # backlog= too: asyncio calls listen() again when it starts serving, with its
+        # own default of 100 unless told otherwise.
         self._server = await loop.create_unix_server(
-            lambda: _PeerGate(factory, self._allowed), sock=self._sock
+            lambda: _PeerGate(factory, self._allowed), sock=self._sock, backlog=BACKLOG
         )
 
 
@@ -337,6 +358,9 @@ class SocketServer:
             shutdown_timeout=1.0,
         )
         await runner.setup()
+        server_log = logging.getLogger("aiohttp.server")
+        if _QUIET not in server_log.filters:
+            server_log.addFilter(_QUIET)
         try:
             site = _GatedUnixSite(runner, sock, self._peer_allowed)
             await site.start()
@@ -390,9 +414,7 @@ class SocketServer:
             os.chmod(self.path, 0o600)
             st = os.lstat(self.path)
             self._inode = (st.st_dev, st.st_ino)
-            # A deep backlog: a burst of clients connecting at once (every process of
-            # a parallel build starting together) must queue, not fail with EAGAIN.
-            sock.listen(1024)
+            sock.listen(BACKLOG)
             sock.setblocking(False)
         except BaseException:
             sock.close()

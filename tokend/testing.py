@@ -196,7 +196,25 @@ class _Base:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._listen(0)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes handlers sleeping in hang()
+        self._close()
+
+    def refuse(self) -> None:
+        """Close the listening socket but keep the port: connections are refused
+        (``ECONNREFUSED``) until :meth:`accept`. Requests in flight finish normally."""
+        self._close()
+
+    def accept(self) -> None:
+        """Listen again on the same port after :meth:`refuse`."""
+        if self._httpd is None and self.port:
+            self._listen(self.port)
+
+    def _listen(self, port: int) -> None:
+        httpd = _Server(("127.0.0.1", port), _Handler)
         httpd.owner = self
         self._httpd = httpd
         self.port = int(httpd.server_address[1])
@@ -207,13 +225,11 @@ class _Base:
             daemon=True,
         )
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
+    def _close(self) -> None:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        self._stopping.set()  # wakes handlers sleeping in hang()
         httpd.shutdown()
         httpd.server_close()
         if self._thread is not None:
@@ -260,9 +276,10 @@ class FakeGoogle(_Base):
             fractional values are fine, ``expires_in`` is sent rounded up).
 
     Every token-issuing request (OAuth token endpoint, metadata token, IAM
-    ``generateAccessToken``, STS) is counted in :attr:`calls` and :attr:`call_log` and
-    is subject to the fault knobs (:meth:`fail`, :meth:`hang`, :meth:`garbage`,
-    :meth:`invalid_grant`). Thread-safe.
+    ``generateAccessToken``, STS) is counted in :attr:`calls`, :attr:`arrivals` and
+    :attr:`call_log` and is subject to the fault knobs (:meth:`fail`, :meth:`hang`,
+    :meth:`garbage`, :meth:`invalid_grant`). :meth:`refuse` and :meth:`accept` close
+    and reopen the listening port (connection refused). Thread-safe.
     """
 
     def __init__(self, lifetime: float = 3600.0) -> None:
@@ -271,6 +288,8 @@ class FakeGoogle(_Base):
         self.metadata_account = "vm@fake-project.iam.gserviceaccount.com"
         self.calls: collections.Counter[str] = collections.Counter()
         self.call_log: list[tuple[float, str, int]] = []
+        #: (time, kind) of every token request when it arrived (before any hang).
+        self.arrivals: list[tuple[float, str]] = []
         self.issued: list[str] = []
         self._lock = threading.Lock()
         self._fault: _Fault | None = None
@@ -348,6 +367,12 @@ class FakeGoogle(_Base):
         with self._lock:
             entry = self._tokens.get(token)
         return entry[0] if entry else None
+
+    def expires_at(self, token: str) -> float | None:
+        """When a token this fake issued expires (epoch seconds), else None."""
+        with self._lock:
+            entry = self._tokens.get(token)
+        return entry[1] if entry else None
 
     def is_valid(self, token: str) -> bool:
         """True if this fake issued ``token`` and it has not expired."""
@@ -502,6 +527,7 @@ class FakeGoogle(_Base):
         arrival; ``call_log`` gets the entry when the answer is decided (after a hang)."""
         with self._lock:
             self.calls[kind] += 1  # on arrival, so a test sees a hanging request
+            self.arrivals.append((time.time(), kind))
         fault = self._take_fault()
         if fault is not None and fault.kind == "hang":
             self._stopping.wait(fault.seconds)

@@ -29,6 +29,11 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+try:  # watchdog >= 5 reports chmod/chown as its own event; older ones as a modification
+    from watchdog.events import FileAttribEvent
+except ImportError:  # pragma: no cover - watchdog 4
+    FileAttribEvent = FileModifiedEvent  # type: ignore[misc,assignment]
+
 __all__ = ["Watcher"]
 
 log = logging.getLogger(__name__)
@@ -36,11 +41,13 @@ log = logging.getLogger(__name__)
 #: The events that can mean "a file we care about changed". Passed to the kernel as the
 #: inotify mask: clients reading token files in a tight loop generate open/close
 #: events by the million, which would overflow the inotify queue and keep the
-#: observer thread (and so the GIL) busy, delaying refreshes.
+#: observer thread (and so the GIL) busy, delaying refreshes. Attribute changes count:
+#: the fix for an unreadable credentials file is a ``chmod``, which must wake us.
 _EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     DirCreatedEvent,
     FileModifiedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileMovedEvent,
     DirMovedEvent,
