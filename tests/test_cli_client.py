@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_for
 
+from tests.conftest import ROOT, wait_for
 from tokend.testing import FakeGoogle
 
 SHIM = ROOT / "scripts" / "tokend-env.sh"

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 
+from tests.conftest import wait_for
+from tests.reliability_util import request
 from tokend.testing import FakeGoogle
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -245,20 +246,7 @@ def test_bad_clients_do_not_disturb_others(
                 idle.append(s)
 
             def bad(payload: bytes) -> bytes:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(10)
-                    s.connect(sock)
-                    try:
-                        s.sendall(payload)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # answered (400) and closed before it had read everything
-                    data = b""
-                    try:
-                        while chunk := s.recv(65536):
-                            data += chunk
-                    except ConnectionResetError:
-                        pass
-                    return data
+                return request(sock, payload, timeout=10)
 
             assert bad(b"\x00\xff garbage \r\n\r\n").split()[1] == b"400"
             big = bad(b"GET /v1/token?" + b"a" * (1 << 20) + b" HTTP/1.1\r\n\r\n")
