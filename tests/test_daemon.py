@@ -334,7 +334,8 @@ def test_sighup_and_config_edits_reload_and_bad_config_is_ignored(
 ) -> None:
     """1. Running with the default sinks.
     2. The config gains an env sink elsewhere (file edited): it appears.
-    3. A broken config (SIGHUP): logged, the daemon keeps running on the old one."""
+    3. The socket path changes: a warning that it needs a restart; still served.
+    4. A broken config (SIGHUP): logged, the daemon keeps running on the old one."""
     config = sa_config(fake, short_tmp)
     with daemon_factory(config) as d:  # type: ignore[operator]
         d.config_path.write_text(
@@ -342,6 +343,13 @@ def test_sighup_and_config_edits_reload_and_bad_config_is_ignored(
         )
         wait_for(lambda: d.read("only.env") is not None, timeout=5)
         assert d.read("token.json") is None  # default sinks replaced by the configured one
+        d.config_path.write_text(
+            '[socket]\npath = "moved.sock"\n'
+            + config
+            + '[[profiles.default.sinks]]\npath = "only.env"\nformat = "env"\n'
+        )
+        d.wait_log("socket settings changed: they take effect when tokend restarts")
+        assert d.file("tokend.sock").exists()
         d.config_path.write_text(config + "bogus = 1\n")
         d.signal(signal.SIGHUP)
         d.wait_log("configuration not reloaded, keeping the running one")

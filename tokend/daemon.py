@@ -260,7 +260,16 @@ class Daemon:
                 if config == self.config:
                     log.info("configuration unchanged")
                     return
+                old_socket = (self.config.socket_path, self.config.socket.allow_uids)
                 self._apply(config)
+                if (config.socket_path, config.socket.allow_uids) != old_socket:
+                    # Moving a listening socket under running clients is not worth
+                    # its failure modes; say so instead of silently ignoring it.
+                    log.warning(
+                        "socket settings changed: they take effect when tokend restarts "
+                        "(still serving %s)",
+                        old_socket[0] or "no socket",
+                    )
             except (ConfigError, PermissionError) as err:
                 log.error("configuration not reloaded, keeping the running one: %s", err)
                 return
