@@ -65,8 +65,15 @@ def assert_no_secrets(fake: FakeGoogle, texts: Mapping[str, str | bytes]) -> int
 # -- the socket -------------------------------------------------------------------------
 
 
-def request(sock: Path | str, payload: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``payload`` on a fresh connection and read until the server closes."""
+def request(
+    sock: Path | str,
+    payload: bytes,
+    timeout: float = 5.0,
+    *,
+    until: Callable[[bytes], bool] | None = None,
+) -> bytes:
+    """Send ``payload`` on a fresh connection and read until the server closes (or
+    until ``until(data)`` says the answer is complete)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(os.fspath(sock))
@@ -78,35 +85,30 @@ def request(sock: Path | str, payload: bytes, timeout: float = 5.0) -> bytes:
         try:
             while chunk := s.recv(65536):
                 data += chunk
+                if until is not None and until(data):
+                    break
         except ConnectionResetError:
             pass
         return data
+
+
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole response, by its Content-Length."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def one_response(sock: Path | str, payload: bytes, timeout: float = 8.0) -> bytes:
     """Send ``payload`` on a fresh connection; return the first response (complete by
     its Content-Length) without waiting for a keep-alive connection to close, or what
     came before the server closed."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(os.fspath(sock))
-        try:
-            s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        data = b""
-        try:
-            while chunk := s.recv(65536):
-                data += chunk
-                head, sep, body = data.partition(b"\r\n\r\n")
-                if sep:
-                    for line in head.split(b"\r\n")[1:]:
-                        name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length" and len(body) >= int(value):
-                            return data
-        except ConnectionResetError:
-            pass
-        return data
+    return request(sock, payload, timeout, until=_complete)
 
 
 def get(sock: Path | str, target: str, timeout: float = 5.0) -> tuple[int, bytes]:
