@@ -476,6 +476,19 @@ def test_user_manager_not_running_says_what_to_do(home: Home) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def test_a_failing_launchctl_says_what_was_done_and_what_failed(home: Home) -> None:
+    """launchctl refuses (the stub fails every command): exit 1, one line naming what
+    was already done and the command that failed, no traceback."""
+    uid = os.getuid()
+    r = home.tokend("install", "--launchd", STUB_BUS_DOWN="1")
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        f"tokend: install: wrote {home.plist}; `launchctl enable gui/{uid}/dev.tokend` failed: "
+        "Failed to connect to bus"
+    ), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+
+
 # -- doctor ------------------------------------------------------------------------------
 
 
