@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -69,6 +69,34 @@ class Plan:
     def render(self) -> str:
         """The dry-run text."""
         return "\n".join(step.render() for step in self.steps)
+
+    def carry_out(
+        self,
+        explain: Callable[[tuple[str, ...], str], str],
+        ran: Callable[[tuple[str, ...]], str | None] = lambda _cmd: None,
+    ) -> list[str]:
+        """Do the steps in order. Returns one line per thing done (files written or
+        removed, and what ``ran`` says of a command). A failing command stops it with a
+        :class:`ServiceError`: what was done before, then ``explain(cmd, first line of
+        its output)``, which is where each service manager adds its fix."""
+        done: list[str] = []
+        for step in self.steps:
+            if step.kind == "write" and step.path is not None:
+                changed = write_file(step.path, step.content)
+                done.append(f"{'wrote' if changed else 'unchanged:'} {step.path}")
+            elif step.kind == "remove" and step.path is not None:
+                step.path.unlink(missing_ok=True)
+                done.append(f"removed {step.path}")
+            elif step.kind == "run":
+                result = run_command(step.cmd)
+                if result.returncode != 0:
+                    lines = (result.stderr or result.stdout).strip().splitlines()
+                    first = lines[0] if lines else f"exit status {result.returncode}"
+                    before = "".join(f"{d}; " for d in done)
+                    raise ServiceError(before + explain(step.cmd, first))
+                if (line := ran(step.cmd)) is not None:
+                    done.append(line)
+        return done
 
 
 def _shell_join(cmd: Sequence[str]) -> str:

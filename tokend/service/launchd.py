@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokend.service import Plan, ServiceError, run_command, write_file
+from tokend.service import Plan, ServiceError, run_command
 
 __all__ = ["LABEL", "build_plist", "install", "log_path", "plist_path", "uninstall"]
 
@@ -68,12 +68,7 @@ def _require_launchctl() -> None:
         )
 
 
-def _run(cmd: list[str], done: list[str]) -> None:
-    result = run_command(cmd)
-    if result.returncode == 0:
-        return
-    lines = (result.stderr or result.stdout).strip().splitlines()
-    first = lines[0] if lines else f"exit status {result.returncode}"
+def _explain(cmd: tuple[str, ...], first: str) -> str:
     hint = ""
     if cmd[1] == "bootstrap":
         # Error 5 (Input/output error) is what launchctl says for most refusals: no GUI
@@ -82,7 +77,11 @@ def _run(cmd: list[str], done: list[str]) -> None:
             f"; the {_domain()} domain exists only while you are logged in to the "
             f"desktop (not over ssh alone); check the file with `plutil -lint {plist_path()}`"
         )
-    raise ServiceError(" ".join([*done, f"`{' '.join(cmd)}` failed: {first}{hint}"]))
+    return f"`{' '.join(cmd)}` failed: {first}{hint}"
+
+
+def _ran(cmd: tuple[str, ...]) -> str | None:
+    return f"unloaded {LABEL} from {_domain()}" if cmd[1] == "bootout" else None
 
 
 def _plan(path: Path, content: bytes | None, loaded: bool, *, dry_run: bool) -> Plan:
@@ -102,21 +101,10 @@ def _plan(path: Path, content: bytes | None, loaded: bool, *, dry_run: bool) -> 
 
 
 def _carry_out(plan: Plan) -> list[str]:
-    done: list[str] = []
-    for step in plan.steps:
-        if step.kind == "write" and step.path is not None:
-            # The log dir first: launchd opens the log files itself, and fails silently.
-            log_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            changed = write_file(step.path, step.content)
-            done.append(f"{'wrote' if changed else 'unchanged:'} {step.path}")
-        elif step.kind == "remove" and step.path is not None:
-            step.path.unlink(missing_ok=True)
-            done.append(f"removed {step.path}")
-        elif step.kind == "run":
-            _run(list(step.cmd), [f"{d};" for d in done])
-            if step.cmd[1] == "bootout":
-                done.append(f"unloaded {LABEL} from {_domain()}")
-    return done
+    if any(step.kind == "write" for step in plan.steps):
+        # The log dir first: launchd opens the log files itself, and fails silently.
+        log_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return plan.carry_out(_explain, _ran)
 
 
 def install(command: Sequence[str], config: Path | None, *, dry_run: bool = False) -> list[str]:

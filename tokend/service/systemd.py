@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokend.service import Plan, ServiceError, run_command, write_file
+from tokend.service import Plan, ServiceError
 
 __all__ = [
     "DEFAULT_EXEC",
@@ -179,27 +179,14 @@ def _require_systemctl() -> None:
 
 
 def _carry_out(plan: Plan, verb: str) -> list[str]:
-    """Do the plan's steps in order; one line per file touched. A failing command
-    stops it with a ServiceError that also says what was done before."""
-    done: list[str] = []
-    for step in plan.steps:
-        if step.kind == "write" and step.path is not None:
-            changed = write_file(step.path, step.content)
-            done.append(f"{'wrote' if changed else 'unchanged:'} {step.path}")
-        elif step.kind == "remove" and step.path is not None:
-            step.path.unlink(missing_ok=True)
-            done.append(f"removed {step.path}")
-        elif step.kind == "run":
-            result = run_command(step.cmd)
-            if result.returncode == 0:
-                continue
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            first = lines[0] if lines else f"exit status {result.returncode}"
-            before = "".join(f"{d}; " for d in done)
-            if any(marker in first for marker in _NO_BUS):
-                raise ServiceError(before + _NO_MANAGER.format(why=first, verb=verb))
-            raise ServiceError(f"{before}`{' '.join(step.cmd)}` failed: {first}")
-    return done
+    """Do the plan; an unreachable user manager gets the fix, not just the error."""
+
+    def explain(cmd: tuple[str, ...], first: str) -> str:
+        if any(marker in first for marker in _NO_BUS):
+            return _NO_MANAGER.format(why=first, verb=verb)
+        return f"`{' '.join(cmd)}` failed: {first}"
+
+    return plan.carry_out(explain)
 
 
 def install(command: Sequence[str], config: Path | None, *, dry_run: bool = False) -> list[str]:
