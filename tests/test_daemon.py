@@ -192,8 +192,22 @@ def test_500s_keep_the_old_token_then_recover_with_backoff(
         assert fake.is_valid(first)
         assert "refresh failed" in d.log()
         fake.clear_faults()
-        wait_for(lambda: current_token(d) != first, timeout=10)
-        assert fake.is_valid(current_token(d))
+        # "One backoff step": the attempt the daemon has scheduled (up to the 16 s
+        # ceiling by now, possibly after the old token retired) brings a new token.
+        status = subprocess.run(
+            [sys.executable, "-m", "tokend", "status", "--json"],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        profile = json.loads(status.stdout)["profiles"]["default"]
+        assert profile["state"] in ("retrying", "expired"), profile
+        step = max(0.0, parse_time(profile["next_refresh"]) - time.time())
+        wait_for(
+            lambda: (tok := current_token(d)) not in (None, first) and fake.is_valid(tok),
+            timeout=step + 3,
+        )
         times = [t for t, kind, status in fake.call_log if status == 500]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(g >= 0.09 for g in gaps), gaps
