@@ -272,6 +272,105 @@ def test_bad_clients_do_not_disturb_others(
         assert max(latencies) < 1.0, max(latencies)
 
 
+def _responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split the bytes of pipelined responses: [(status, headers, body)]."""
+    out = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep, head[:200]
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        length = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, data[:length]))
+        data = data[length:]
+    return out
+
+
+def test_fast_path_answers_as_aiohttp_does(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """Plain GETs of /v1/token and /healthz are answered by the fast path; the same
+    request with a ``Content-Length: 0`` field goes to aiohttp. Both answers agree in
+    status, body and headers, keep-alive and ``Connection: close`` work on the fast
+    path, a head split across two writes is still answered, and /metrics counts the
+    fast answers."""
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        targets = ["/v1/token", "/v1/token?profile=default&min_valid=60&wait=1", "/healthz"]
+        for target in targets:
+            fast = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % target.encode()
+            slow = b"GET %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n" % target.encode()
+            close = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            # One connection: fast, aiohttp (from then on), then a close; in order.
+            answers = _responses(request(sock, fast + fast + slow + close))
+            assert [a[0] for a in answers] == [200, 200, 200, 200], answers
+            (_, fh, fb), _, (_, sh, sb), _ = answers
+            if target == "/healthz":
+                assert fb == sb == b'{"status": "ok"}', (fb, sb)
+            else:
+                f, s = json.loads(fb), json.loads(sb)
+                assert abs(f.pop("expires_in") - s.pop("expires_in")) <= 1
+                assert f == s and fake.is_valid(f["access_token"])
+                assert fh["cache-control"] == sh["cache-control"] == "no-store"
+            assert fh["content-type"] == sh["content-type"] == "application/json"
+            assert "date" in fh and "server" in sh  # aiohttp's; the fast path sends none
+        # Connection: close on the fast path: the answer says so and the server closes.
+        data = request(sock, b"GET /v1/token HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        ((status, headers, _),) = _responses(data)
+        assert status == 200 and headers["connection"] == "close"
+        # A head in two writes (the fast path declines; aiohttp waits for the rest).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            s.sendall(b"GET /v1/token HTTP/1.1\r\nHo")
+            time.sleep(0.2)
+            s.sendall(b"st: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert _responses(data)[0][0] == 200
+        status, _, text = get(sock, "/metrics")
+        counted = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.decode().splitlines()
+            if line.startswith('tokend_requests_total{path="/v1/token",status="200"}')
+        ]
+        assert counted and counted[0] >= 2 * len(targets) + 1, counted
+
+
+def test_fast_path_keeps_order_and_memory_for_a_client_that_does_not_read(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. A client writes 20,000 pipelined requests without reading an answer.
+    2. The daemon stops reading from it once its answers back up (instead of buffering
+       them all), and meanwhile answers another client at once.
+    3. When the client reads, it gets all 20,000 answers, in order, then the close."""
+    n = 20_000
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        greedy.connect(str(sock))
+        one = b"GET /v1/token HTTP/1.1\r\nHost: t\r\n\r\n"
+        payload = one * (n - 1) + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        writer = threading.Thread(target=greedy.sendall, args=(payload,))
+        writer.start()
+        time.sleep(1.0)
+        assert writer.is_alive()  # the daemon stopped reading: sendall blocks
+        t0 = time.monotonic()
+        assert get(sock, "/v1/token")[0] == 200
+        assert time.monotonic() - t0 < 0.5
+        greedy.settimeout(30)
+        data = bytearray()
+        while chunk := greedy.recv(1 << 20):
+            data += chunk
+        writer.join(10)
+        greedy.close()
+    answers = _responses(bytes(data))
+    assert len(answers) == n
+    assert all(a[0] == 200 for a in answers)
+    assert answers[-1][2] == b'{"status": "ok"}'
+
+
 def test_stale_socket_replaced_and_live_socket_refused(
     daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
 ) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -33,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from tokend import __version__, clock
 from tokend.errors import ConfigError
 from tokend.refresher import ProfileRefresher, State
+from tokend.token import Token
 
 if TYPE_CHECKING:
     from tokend.daemon import Daemon
@@ -66,7 +69,21 @@ FORCED_RETRY_INTERVAL = 5.0
 #: asking for more ``min_valid`` than a new token has must not force fetch after fetch.
 MIN_TOKEN_AGE = 1.0
 
-_ROUTES = ("/v1/token", "/v1/status", "/healthz", "/metrics")
+#: How long requests in progress (``wait=N``) may take to finish when the daemon stops.
+SHUTDOWN_TIMEOUT = 1.0
+
+#: The requests the fast path answers itself (see :class:`_Connection`): GET of one of
+#: its two paths, a query of plain characters, HTTP/1.1, header fields of printable
+#: ASCII with token names. Anything else goes to aiohttp.
+_FAST_HEAD = re.compile(
+    rb"GET (/v1/token|/healthz)(?:\?([A-Za-z0-9_.=&-]*))? HTTP/1\.1"
+    rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*)*)"
+)
+#: Longest request head the fast path looks at (well under MAX_LINE and MAX_FIELD).
+_FAST_HEAD_MAX = 2048
+#: Header fields that mean more than a plain GET: left to aiohttp.
+_NOT_FAST_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+_TOKEN_PARAMS = frozenset({b"profile", b"min_valid", b"wait"})
 
 _ADVICE = {
     "reauth_required": "run `gcloud auth application-default login`; "
@@ -149,75 +166,133 @@ class _QuietClientErrors(logging.Filter):
 _QUIET = _QuietClientErrors()
 
 
-class _PeerGate(asyncio.Protocol):
-    """Stands in front of aiohttp's protocol for one connection: checks the peer uid
-    in ``connection_made`` and only then creates and feeds aiohttp's handler. A refused
-    peer gets its connection aborted without a byte of response."""
+class _Connection(asyncio.Protocol):
+    """One client connection.
 
-    def __init__(
-        self, make_inner: Callable[[], asyncio.Protocol], allowed: Callable[[Any], bool]
-    ) -> None:
-        self._make_inner = make_inner
-        self._allowed = allowed
+    ``connection_made`` checks the peer uid before a byte is read; a refused peer gets
+    its connection aborted without a response. After that the connection is in one of
+    two modes:
+
+    * fast (the start): complete request heads that :meth:`SocketServer.fast_answer`
+      recognises (a plain ``GET /v1/token`` or ``/healthz`` that can be answered at
+      once) are answered here, from a response rendered once per token and second.
+      That is nearly every request a client makes, at a fraction of a general HTTP
+      server's cost per request.
+    * aiohttp: on the first request the fast path declines (anything else, anything
+      malformed, a head split across reads, a token that must be waited for), the
+      connection and every byte not yet answered go to aiohttp's protocol for good.
+      Responses keep their order: fast answers are written before the handover.
+    """
+
+    __slots__ = ("_inner", "_last", "_paused", "_server", "_stash", "_timer", "_transport")
+
+    def __init__(self, server: SocketServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._paused = False
+        self._stash = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._allowed(transport.get_extra_info("socket")):
-            # abort(), not close(): discard anything the peer already sent, unread.
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
-            else:
-                transport.close()
+        assert isinstance(transport, asyncio.Transport)
+        if not self._server.peer_allowed(transport.get_extra_info("socket")):
+            transport.abort()  # not close(): discard what the peer sent, unread
             return
-        self._inner = self._make_inner()
-        self._inner.connection_made(transport)
+        self._transport = transport
+        self._server.connections.add(self)
+        self._last = asyncio.get_running_loop().time()
+        self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        start = 0
+        while start < len(data):
+            if self._paused:
+                # The client is not reading its answers: keep the rest of this read
+                # until it does (reading from it has stopped, see pause_writing).
+                self._stash = data[start:]
+                return
+            end = data.find(b"\r\n\r\n", start, start + _FAST_HEAD_MAX)
+            if end < 0:
+                break
+            answer = self._server.fast_answer(data[start:end])
+            if answer is None:
+                break
+            response, close = answer
+            transport.write(response)
+            if close:
+                transport.close()
+                return
+            start = end + 4
+        self._last = asyncio.get_running_loop().time()
+        if start < len(data):
+            self._hand_over(data[start:] if start else data)
+
+    def _hand_over(self, pending: bytes) -> None:
+        assert self._transport is not None
+        if self._timer is not None:
+            self._timer.cancel()  # aiohttp keeps its own keep-alive and idle timers
+            self._timer = None
+        self._inner = self._server.aiohttp_protocol()
+        self._inner.connection_made(self._transport)
+        self._inner.data_received(pending)
+
+    def _idle_check(self) -> None:
+        """Close a fast-mode connection that has been idle for IDLE_TIMEOUT; the timer
+        is re-armed for the rest of the time rather than reset per request."""
+        self._timer = None
+        if self._inner is not None or self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._last + IDLE_TIMEOUT - loop.time()
+        if left > 0:
+            self._timer = loop.call_later(left, self._idle_check)
+        else:
+            self._transport.close()
+
+    def close(self) -> None:
+        """Close a fast-mode connection (daemon shutdown); aiohttp closes its own."""
+        if self._inner is None and self._transport is not None:
+            self._transport.close()
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is not None:
+            return self._inner.eof_received()
+        return None  # the transport closes once what was answered is sent
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._server.connections.discard(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        # A client that sends requests without reading the answers: stop reading (and
+        # answering) until it catches up, so answers cannot pile up in memory.
         if self._inner is not None:
             self._inner.pause_writing()
+        elif self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+            stash, self._stash = self._stash, b""
+            if stash:
+                self.data_received(stash)
         if self._inner is not None:
             self._inner.resume_writing()
-
-
-class _GatedUnixSite(web.UnixSite):
-    """aiohttp's UnixSite on a socket we bound ourselves (to control its mode and
-    replace a stale file safely), with every connection passing :class:`_PeerGate`.
-
-    ``start`` mirrors ``UnixSite.start``; it has to reach the runner's protocol
-    factory, which aiohttp exposes as ``runner.server``.
-    """
-
-    def __init__(
-        self, runner: web.AppRunner, sock: socket.socket, allowed: Callable[[Any], bool]
-    ) -> None:
-        super().__init__(runner, sock.getsockname())
-        self._sock = sock
-        self._allowed = allowed
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner
-        factory = self._runner.server
-        if factory is None:
-            raise RuntimeError("runner not set up")
-        loop = asyncio.get_running_loop()
-        # backlog= too: asyncio calls listen() again when it starts serving, with its
-        # own default of 100 unless told otherwise.
-        self._server = await loop.create_unix_server(
-            lambda: _PeerGate(factory, self._allowed), sock=self._sock, backlog=BACKLOG
-        )
 
 
 class _Metrics:
@@ -297,7 +372,19 @@ def _error(status: int, error: str, detail: str) -> web.Response:
     return _json(status, {"error": error, "detail": detail})
 
 
-def _seconds(request: web.Request, name: str, upper: float) -> float:
+def _fast_seconds(raw: bytes | None, upper: float) -> float | None:
+    """A query parameter's seconds as :func:`_seconds` reads them; None when invalid
+    (aiohttp's path then answers the 400)."""
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 <= value <= upper else None
+
+
+def _seconds(request: web.BaseRequest, name: str, upper: float) -> float:
     raw = request.query.get(name, "0") or "0"
     try:
         value = float(raw)
@@ -323,12 +410,23 @@ class SocketServer:
         self.path = path
         self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
         self.metrics = _Metrics(daemon)
-        self._runner: web.AppRunner | None = None
-        self._site: _GatedUnixSite | None = None
+        #: Open client connections (for shutdown).
+        self.connections: set[_Connection] = set()
+        self._listener: asyncio.Server | None = None
+        self._web: web.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._refused_logged: set[int | None] = set()
         self._changed: dict[str, asyncio.Event] = {}
-        self._bodies: dict[str, tuple[str, int, bytes]] = {}
+        self._bodies: dict[str, tuple[Token, int, bytes]] = {}
+        self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._date = (0, b"")
+        self._ok: dict[str, Any] = {}
+        self._endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
+            "/v1/token": self._token,
+            "/v1/status": self._status,
+            "/healthz": self._healthz,
+            "/metrics": self._metrics,
+        }
         self._forced_failed_at: dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -340,65 +438,64 @@ class SocketServer:
             ConfigError: another tokend is listening on the path, or the path is taken
                 by something that is not a socket.
         """
-        sock = self._bind()
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
-        app.router.add_get("/v1/token", self._token)
-        app.router.add_get("/v1/status", self._status)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
+        self._web = web.Server(
+            self._dispatch,
             access_log=None,  # the access log would carry query strings nobody needs
             keepalive_timeout=IDLE_TIMEOUT,
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
             lingering_time=1.0,
-            shutdown_timeout=1.0,
         )
-        await runner.setup()
         server_log = logging.getLogger("aiohttp.server")
         if _QUIET not in server_log.filters:
             server_log.addFilter(_QUIET)
-        try:
-            site = _GatedUnixSite(runner, sock, self._peer_allowed)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._runner, self._site = runner, site
+        self._listener = await self._listen()
+        self._ok = {
+            path: self.metrics.requests.labels(path, "200") for path in ("/v1/token", "/healthz")
+        }
         self.daemon.on_state_change.append(self._state_changed)
         for r in self.daemon.refreshers.values():
             self.metrics.observe(r)
         log.info("listening on %s", self.path)
 
     async def stop(self) -> None:
-        """Stop serving and remove the socket file (if it is still the one we made)."""
+        """Stop serving and remove the socket file (if it is still the one we made).
+        Requests in progress get SHUTDOWN_TIMEOUT to finish."""
         with contextlib.suppress(ValueError):
             self.daemon.on_state_change.remove(self._state_changed)
-        runner, self._runner = self._runner, None
-        if runner is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
         self._remove_socket_file()
-        await runner.cleanup()
+        listener.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._web is not None:
+            self._web.pre_shutdown()  # closes idle keep-alive connections
+            await self._web.shutdown(SHUTDOWN_TIMEOUT)
 
     async def restore(self) -> None:
         """Bind again if the socket file vanished (someone deleted the runtime dir):
-        the old listener serves an unreachable inode, so replace it."""
-        if self._runner is None or self._site is None or os.path.lexists(self.path):
+        the old listener serves an unreachable inode, so replace it. Connections
+        already open carry on."""
+        if self._listener is None or os.path.lexists(self.path):
             return
-        await self._site.stop()
+        self._listener.close()
+        self._listener = await self._listen()
+        log.info("socket %s was deleted; listening again", self.path)
+
+    async def _listen(self) -> asyncio.Server:
         sock = self._bind()
         try:
-            site = _GatedUnixSite(self._runner, sock, self._peer_allowed)
-            await site.start()
+            # backlog= too: asyncio calls listen() again when it starts serving, with
+            # its own default of 100 unless told otherwise.
+            return await asyncio.get_running_loop().create_unix_server(
+                lambda: _Connection(self), sock=sock, backlog=BACKLOG
+            )
         except BaseException:
             sock.close()
             raise
-        self._site = site
-        log.info("socket %s was deleted; listening again", self.path)
 
     def _bind(self) -> socket.socket:
         self._clear_stale()
@@ -441,7 +538,9 @@ class SocketServer:
 
     # -- access control ---------------------------------------------------------------
 
-    def _peer_allowed(self, sock: Any) -> bool:
+    def peer_allowed(self, sock: Any) -> bool:
+        """Whether the peer of a new connection may use the API (our uid, root or
+        ``socket.allow_uids``); unknown means no."""
         try:
             uid = peer_uid(sock) if sock is not None else None
         except OSError:
@@ -472,25 +571,121 @@ class SocketServer:
     def _change_event(self, profile: str) -> asyncio.Event:
         return self._changed.setdefault(profile, asyncio.Event())
 
-    @web.middleware
-    async def _middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """A new aiohttp protocol instance, for a connection the fast path hands over."""
+        assert self._web is not None, "not serving"
+        return self._web()
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """aiohttp's entry point: route, answer HTTP errors as JSON errors, count."""
+        endpoint = self._endpoints.get(request.path)
+        response: web.StreamResponse
         try:
-            response = await handler(request)
+            if endpoint is None:
+                response = _error(
+                    404,
+                    "not_found",
+                    f"no such endpoint {request.path!r}; try {', '.join(self._endpoints)}",
+                )
+            elif request.method not in ("GET", "HEAD"):
+                response = _error(
+                    405, "method_not_allowed", f"{request.method} is not allowed here; use GET"
+                )
+                response.headers["Allow"] = "GET, HEAD"
+            else:
+                response = await endpoint(request)
         except web.HTTPException as exc:
-            error = {
-                400: "bad_request",
-                404: "not_found",
-                405: "method_not_allowed",
-            }.get(exc.status, "http_error")
-            detail = exc.reason
-            if exc.status == 404:
-                detail = f"no such endpoint {request.path!r}; try {', '.join(_ROUTES)}"
-            response = _error(exc.status, error, detail)
-        path = request.path if request.path in _ROUTES else "other"
+            error = "bad_request" if exc.status == 400 else "http_error"
+            response = _error(exc.status, error, exc.reason)
+        path = request.path if endpoint is not None else "other"
         self.metrics.requests.labels(path, str(response.status)).inc()
         return response
+
+    def fast_answer(self, head: bytes) -> tuple[bytes, bool] | None:
+        """The whole response to a request head (without its final blank line) when it
+        is a plain ``GET /v1/token`` that can be answered now or a ``GET /healthz``,
+        and whether to close the connection after it; None leaves the request to
+        aiohttp, which answers everything else, including every error.
+
+        Only a strict subset of HTTP/1.1 qualifies: no body, no percent-escapes, only
+        the query parameters the endpoint knows, each once, with valid values.
+        """
+        match = _FAST_HEAD.fullmatch(head)
+        if match is None:
+            return None
+        path, query, fields = match.groups()
+        close = host = False
+        lines = fields.split(b"\r\n")
+        if len(lines) > MAX_HEADERS + 1:
+            return None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"host":
+                host = True  # HTTP/1.1 requires one; aiohttp answers 400 without
+            elif name == b"connection":
+                options = {v.strip().lower() for v in value.split(b",")} - {b""}
+                if not options <= {b"close", b"keep-alive"}:
+                    return None
+                close = b"close" in options
+            elif name in _NOT_FAST_FIELDS:
+                return None
+        if not host:
+            return None
+        if path == b"/healthz":
+            if query is not None:
+                return None
+            return self._health_answer(close), close
+        params: dict[bytes, bytes] = {}
+        for pair in query.split(b"&") if query else ():
+            key, _, value = pair.partition(b"=")
+            if key not in _TOKEN_PARAMS or key in params:
+                return None
+            params[key] = value
+        min_valid = _fast_seconds(params.get(b"min_valid"), MAX_MIN_VALID)
+        if min_valid is None or _fast_seconds(params.get(b"wait"), MAX_WAIT) is None:
+            return None
+        profile = params.get(b"profile", b"").decode() or "default"
+        r = self.daemon.refreshers.get(profile)
+        tok = r.valid_token(min_valid) if r is not None else None
+        if tok is None:
+            return None  # unknown profile, or a refresh or wait is needed
+        body = self._token_body(profile, tok)
+        date = self._http_date()
+        cached = self._fast.get(profile)
+        if cached is None or cached[0] is not body or cached[1] != date:
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Cache-Control: no-store\r\nContent-Length: %d\r\nDate: %s\r\n" % (len(body), date)
+            )
+            cached = (body, date, head + b"\r\n" + body)
+            self._fast[profile] = cached
+        self._ok["/v1/token"].inc()
+        if close:
+            head = cached[2][: -len(body) - 2]
+            return head + b"Connection: close\r\n\r\n" + body, True
+        return cached[2], False
+
+    def _health_answer(self, close: bool) -> bytes:
+        code, payload = self._health()
+        body = json.dumps(payload).encode()
+        self.metrics.requests.labels("/healthz", str(code)).inc()
+        return (
+            b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
+            % (
+                b"200 OK" if code == 200 else b"503 Service Unavailable",
+                len(body),
+                b"Date: %s\r\n" % self._http_date(),
+                b"Connection: close\r\n" if close else b"",
+                body,
+            )
+        )
+
+    def _http_date(self) -> bytes:
+        second = int(clock.now())
+        if self._date[0] != second:
+            self._date = (second, email.utils.formatdate(second, usegmt=True).encode())
+        return self._date[1]
 
     # -- endpoints --------------------------------------------------------------------
 
@@ -507,7 +702,7 @@ class SocketServer:
             )
         return r
 
-    async def _token(self, request: web.Request) -> web.StreamResponse:
+    async def _token(self, request: web.BaseRequest) -> web.StreamResponse:
         profile = request.query.get("profile") or "default"
         min_valid = _seconds(request, "min_valid", MAX_MIN_VALID)
         wait = _seconds(request, "wait", MAX_WAIT)
@@ -529,7 +724,11 @@ class SocketServer:
             tok = r.valid_token()
         if tok is None:
             return self._unavailable(r)
-        return self._token_response(profile, tok.fingerprint, tok.expires_at, tok.as_dict)
+        return web.Response(
+            body=self._token_body(profile, tok),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     def _may_force(self, profile: str, r: ProfileRefresher) -> bool:
         if (
@@ -543,26 +742,16 @@ class SocketServer:
             return time.monotonic() - failed_at >= FORCED_RETRY_INTERVAL
         return True
 
-    def _token_response(
-        self,
-        profile: str,
-        fingerprint: str,
-        expires_at: float,
-        as_dict: Callable[[float], dict[str, Any]],
-    ) -> web.Response:
+    def _token_body(self, profile: str, tok: Token) -> bytes:
         # The body changes only with the token or the whole-second expires_in, so it is
         # serialized at most once per second per profile, not once per request.
         now = clock.now()
-        expires_in = max(0, int(expires_at - now))
+        expires_in = max(0, int(tok.expires_at - now))
         cached = self._bodies.get(profile)
-        if cached is None or cached[0] != fingerprint or cached[1] != expires_in:
-            cached = (fingerprint, expires_in, json.dumps(as_dict(now)).encode())
+        if cached is None or cached[0] is not tok or cached[1] != expires_in:
+            cached = (tok, expires_in, json.dumps(tok.as_dict(now)).encode())
             self._bodies[profile] = cached
-        return web.Response(
-            body=cached[2],
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
+        return cached[2]
 
     async def _wait_for_token(
         self, profile: str, r: ProfileRefresher, deadline: float
@@ -607,7 +796,7 @@ class SocketServer:
                 detail += f" (next attempt in {max(0, int(snap.next_refresh - clock.now()))}s)"
         return _error(503, error, detail)
 
-    async def _status(self, request: web.Request) -> web.StreamResponse:
+    async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
         now = clock.now()
         profiles = {
             name: r.snapshot().as_dict(now) for name, r in sorted(self.daemon.refreshers.items())
@@ -623,13 +812,16 @@ class SocketServer:
             },
         )
 
-    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+    def _health(self) -> tuple[int, dict[str, Any]]:
         missing = sorted(n for n, r in self.daemon.refreshers.items() if r.valid_token() is None)
         if missing:
-            return _json(503, {"status": "unhealthy", "profiles_without_token": missing})
-        return _json(200, {"status": "ok"})
+            return 503, {"status": "unhealthy", "profiles_without_token": missing}
+        return 200, {"status": "ok"}
 
-    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+    async def _healthz(self, request: web.BaseRequest) -> web.StreamResponse:
+        return _json(*self._health())
+
+    async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
