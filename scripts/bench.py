@@ -612,6 +612,23 @@ class Bench:
             "<60 MB",
             f"{verdict(rss < 60)} ({detail})",
         )
+        # Everything but the fast path (status, metrics, errors, waits) loads aiohttp.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.sock))
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+        time.sleep(0.5)
+        loaded = proc_mem(self.pid)["VmRSS"]
+        self.report.add(
+            "8. the same daemon after one `/v1/status` (loads aiohttp)",
+            f"{loaded:.1f} MB",
+            NONE,
+            NONE,
+            f"+{loaded - rss:.1f} MB: the full HTTP handling (status, metrics, errors, waits) "
+            "loads on first use",
+        )
         per_minute = cpu * 60 / seconds
         window = "over 60 s" if seconds == 60 else f"over {seconds:g} s, x{60 / seconds:g}"
         self.report.add(
@@ -621,7 +638,12 @@ class Bench:
             "<0.1 s",
             f"{verdict(per_minute < 0.1)} (clock tick {1e3 / CLK_TCK:g} ms)",
         )
-        self.report.raw["idle"] = {"cpu_s": cpu, "seconds": seconds, **mem}
+        self.report.raw["idle"] = {
+            "cpu_s": cpu,
+            "seconds": seconds,
+            **mem,
+            "VmRSS_after_status": loaded,
+        }
 
     def adc_rewrite(self) -> None:
         times = []

@@ -338,6 +338,47 @@ def test_fast_path_answers_as_aiohttp_does(
         assert counted and counted[0] >= 2 * len(targets) + 1, counted
 
 
+def test_aiohttp_loads_on_the_first_request_the_fast_path_declines(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. A daemon serving tokens and health over the socket has not loaded aiohttp
+       (its parser's shared object is not mapped): the memory figure in the README.
+    2. The first /v1/status loads it, and answers."""
+
+    def aiohttp_mapped(pid: int) -> bool:
+        return "/aiohttp/" in Path(f"/proc/{pid}/maps").read_text()
+
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        for target in ("/v1/token", "/v1/token?min_valid=60", "/healthz"):
+            assert get(sock, target)[0] == 200
+        assert not aiohttp_mapped(d.proc.pid)
+        status, body = get_json(sock, "/v1/status")
+        assert status == 200 and body["profiles"]["default"]["state"] == "fresh"
+        assert aiohttp_mapped(d.proc.pid)
+
+
+def test_tokens_still_served_when_aiohttp_cannot_load(
+    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """A broken aiohttp (here: a package shadowing it that fails to import) costs the
+    requests that need it, with one log line saying so, and nothing else: tokens and
+    health are still served, and the daemon keeps running."""
+    broken = short_tmp / "broken" / "aiohttp"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("simulated broken install")\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")])}
+    with daemon_factory(sa_config(fake, short_tmp), env=env) as d:
+        sock = d.file("tokend.sock")
+        assert get(sock, "/v1/token")[0] == 200
+        for _ in range(2):  # each attempt fails cleanly: the connection is closed
+            assert request(sock, b"GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n") == b""
+        assert get(sock, "/v1/token")[0] == 200
+        assert get_json(sock, "/healthz") == (200, {"status": "ok"})
+        assert d.proc.poll() is None
+        assert "cannot load the HTTP API (ImportError: simulated broken install)" in d.log()
+
+
 def test_fast_path_keeps_order_and_memory_for_a_client_that_does_not_read(
     daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
 ) -> None:

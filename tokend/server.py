@@ -3,8 +3,12 @@
 The socket is the fallback for clients whose token file is missing or too close to
 expiry, and the way to ask for a refresh (``min_valid``). Access control is layered:
 the socket file is 0600 inside the 0700 runtime dir, *and* every connection's peer uid
-(SO_PEERCRED / LOCAL_PEERCRED) is checked before aiohttp sees a byte, so a socket that
+(SO_PEERCRED / LOCAL_PEERCRED) is checked before a byte is read, so a socket that
 someone chmod-ed 666 (or a runtime dir bind-mounted elsewhere) still refuses other users.
+
+This module owns the socket, the connections and their fast path (plain GETs of
+``/v1/token`` and ``/healthz``, see :class:`_Connection`); :mod:`tokend.api` does the
+full HTTP handling on aiohttp for everything else and is imported on first use.
 
 Nothing this module logs or returns outside ``/v1/token`` carries a token value.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import importlib
 import json
 import logging
 import os
@@ -22,22 +27,20 @@ import socket
 import stat
 import struct
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tokend import __version__, clock
+from tokend import clock
 from tokend.errors import ConfigError
-from tokend.refresher import ProfileRefresher, State
+from tokend.refresher import ProfileRefresher
 from tokend.token import Token
 
 if TYPE_CHECKING:
+    from tokend.api import Api
     from tokend.daemon import Daemon
 
 __all__ = ["SocketServer", "peer_uid", "refuse_if_served"]
@@ -53,7 +56,6 @@ IDLE_TIMEOUT = 5.0
 MAX_LINE = 4096
 MAX_FIELD = 4096
 MAX_HEADERS = 32
-MAX_BODY = 1024
 #: Listen backlog: a burst of clients connecting at once (every process of a parallel
 #: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
 #: net.core.somaxconn.
@@ -61,14 +63,6 @@ BACKLOG = 1024
 #: Upper bounds for the query parameters (seconds).
 MAX_WAIT = 120.0
 MAX_MIN_VALID = 24 * 3600.0
-#: After a client-forced refresh failed, further clients do not force another for this
-#: long: polling clients must not turn into a retry storm against Google while the
-#: refresher is backing off.
-FORCED_RETRY_INTERVAL = 5.0
-#: A token fetched less than this long ago is as fresh as Google makes them: a client
-#: asking for more ``min_valid`` than a new token has must not force fetch after fetch.
-MIN_TOKEN_AGE = 1.0
-
 #: How long requests in progress (``wait=N``) may take to finish when the daemon stops.
 SHUTDOWN_TIMEOUT = 1.0
 
@@ -84,15 +78,6 @@ _FAST_HEAD_MAX = 2048
 #: Header fields that mean more than a plain GET: left to aiohttp.
 _NOT_FAST_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 _TOKEN_PARAMS = frozenset({b"profile", b"min_valid", b"wait"})
-
-_ADVICE = {
-    "reauth_required": "run `gcloud auth application-default login`; "
-    "tokend notices the new credentials at once",
-    "credentials_missing": "create the credentials (for ADC: "
-    "`gcloud auth application-default login`) or fix the profile's `credentials` path",
-    "credentials_invalid": "replace the credentials file (for ADC: "
-    "`gcloud auth application-default login`)",
-}
 
 
 def peer_uid(sock: Any) -> int | None:
@@ -152,20 +137,6 @@ def refuse_if_served(path: Path) -> bool:
     )
 
 
-class _QuietClientErrors(logging.Filter):
-    """Drops aiohttp's log record for a request its parser rejected (the client gets
-    its 400). aiohttp logs each at ERROR with a traceback that quotes the client's
-    bytes: a client sending garbage in a loop would flood the journal, whose rate limit
-    would then drop tokend's own lines. Handler errors (5xx) are still logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500)
-
-
-_QUIET = _QuietClientErrors()
-
-
 class _Connection(asyncio.Protocol):
     """One client connection.
 
@@ -184,7 +155,16 @@ class _Connection(asyncio.Protocol):
       Responses keep their order: fast answers are written before the handover.
     """
 
-    __slots__ = ("_inner", "_last", "_paused", "_server", "_stash", "_timer", "_transport")
+    __slots__ = (
+        "_inner",
+        "_last",
+        "_paused",
+        "_server",
+        "_stash",
+        "_timer",
+        "_transport",
+        "_waiting",
+    )
 
     def __init__(self, server: SocketServer) -> None:
         self._server = server
@@ -193,6 +173,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._paused = False
+        self._waiting = False
         self._stash = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -208,6 +189,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+            return
+        if self._waiting:
+            self._stash += data
             return
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -236,13 +220,37 @@ class _Connection(asyncio.Protocol):
             self._hand_over(data[start:] if start else data)
 
     def _hand_over(self, pending: bytes) -> None:
-        assert self._transport is not None
         if self._timer is not None:
             self._timer.cancel()  # aiohttp keeps its own keep-alive and idle timers
             self._timer = None
-        self._inner = self._server.aiohttp_protocol()
-        self._inner.connection_made(self._transport)
-        self._inner.data_received(pending)
+        self._stash = pending
+        if self._server.api is None:
+            # aiohttp is loading (in a thread, so the loop keeps answering others).
+            assert self._transport is not None
+            self._waiting = True
+            self._transport.pause_reading()
+            self._server.when_api_loaded(self._attach)
+        else:
+            self._attach()
+
+    def _attach(self) -> None:
+        """Give the connection and the bytes not yet answered to aiohttp."""
+        self._waiting = False
+        transport, api = self._transport, self._server.api
+        if transport is None or transport.is_closing():
+            return  # the client left (or the daemon stops) while aiohttp loaded
+        if api is None:
+            transport.abort()  # aiohttp failed to load; logged once by the server
+            return
+        pending, self._stash = self._stash, b""
+        self._inner = api.web()
+        self._inner.connection_made(transport)
+        if self._paused:
+            self._inner.pause_writing()  # aiohttp waits for the drain itself
+            self._paused = False
+        transport.resume_reading()
+        if pending:
+            self._inner.data_received(pending)
 
     def _idle_check(self) -> None:
         """Close a fast-mode connection that has been idle for IDLE_TIMEOUT; the timer
@@ -272,6 +280,7 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._server.connections.discard(self)
+        self._transport = None
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -285,14 +294,16 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._paused and self._transport is not None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+        elif self._paused and self._transport is not None:
             self._paused = False
+            if self._waiting:
+                return  # reading resumes when aiohttp takes over
             self._transport.resume_reading()
             stash, self._stash = self._stash, b""
             if stash:
                 self.data_received(stash)
-        if self._inner is not None:
-            self._inner.resume_writing()
 
 
 class _Metrics:
@@ -362,16 +373,6 @@ class _Metrics:
         yield consecutive
 
 
-def _json(status: int, payload: Any) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(payload).encode(), content_type="application/json"
-    )
-
-
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return _json(status, {"error": error, "detail": detail})
-
-
 def _fast_seconds(raw: bytes | None, upper: float) -> float | None:
     """A query parameter's seconds as :func:`_seconds` reads them; None when invalid
     (aiohttp's path then answers the 400)."""
@@ -382,17 +383,6 @@ def _fast_seconds(raw: bytes | None, upper: float) -> float | None:
     except ValueError:
         return None
     return value if 0 <= value <= upper else None
-
-
-def _seconds(request: web.BaseRequest, name: str, upper: float) -> float:
-    raw = request.query.get(name, "0") or "0"
-    try:
-        value = float(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be a number of seconds") from None
-    if not 0 <= value <= upper:  # also rejects nan
-        raise web.HTTPBadRequest(reason=f"{name} must be between 0 and {int(upper)} seconds")
-    return value
 
 
 class SocketServer:
@@ -413,7 +403,10 @@ class SocketServer:
         #: Open client connections (for shutdown).
         self.connections: set[_Connection] = set()
         self._listener: asyncio.Server | None = None
-        self._web: web.Server | None = None
+        #: The aiohttp side, once loaded (see when_api_loaded).
+        self.api: Api | None = None
+        self._api_loading: asyncio.Task[None] | None = None
+        self._api_waiters: list[Callable[[], None]] = []
         self._inode: tuple[int, int] | None = None
         self._refused_logged: set[int | None] = set()
         self._changed: dict[str, asyncio.Event] = {}
@@ -421,13 +414,6 @@ class SocketServer:
         self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._date = (0, b"")
         self._ok: dict[str, Any] = {}
-        self._endpoints: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
-            "/v1/token": self._token,
-            "/v1/status": self._status,
-            "/healthz": self._healthz,
-            "/metrics": self._metrics,
-        }
-        self._forced_failed_at: dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -438,18 +424,6 @@ class SocketServer:
             ConfigError: another tokend is listening on the path, or the path is taken
                 by something that is not a socket.
         """
-        self._web = web.Server(
-            self._dispatch,
-            access_log=None,  # the access log would carry query strings nobody needs
-            keepalive_timeout=IDLE_TIMEOUT,
-            max_line_size=MAX_LINE,
-            max_field_size=MAX_FIELD,
-            max_headers=MAX_HEADERS,
-            lingering_time=1.0,
-        )
-        server_log = logging.getLogger("aiohttp.server")
-        if _QUIET not in server_log.filters:
-            server_log.addFilter(_QUIET)
         self._listener = await self._listen()
         self._ok = {
             path: self.metrics.requests.labels(path, "200") for path in ("/v1/token", "/healthz")
@@ -471,9 +445,10 @@ class SocketServer:
         listener.close()
         for conn in list(self.connections):
             conn.close()
-        if self._web is not None:
-            self._web.pre_shutdown()  # closes idle keep-alive connections
-            await self._web.shutdown(SHUTDOWN_TIMEOUT)
+        if self._api_loading is not None:
+            self._api_loading.cancel()
+        if self.api is not None:
+            await self.api.shutdown(SHUTDOWN_TIMEOUT)
 
     async def restore(self) -> None:
         """Bind again if the socket file vanished (someone deleted the runtime dir):
@@ -568,38 +543,33 @@ class SocketServer:
         if event is not None:
             event.set()
 
-    def _change_event(self, profile: str) -> asyncio.Event:
+    def change_event(self, profile: str) -> asyncio.Event:
+        """Set at the profile's next state change."""
         return self._changed.setdefault(profile, asyncio.Event())
 
-    def aiohttp_protocol(self) -> asyncio.Protocol:
-        """A new aiohttp protocol instance, for a connection the fast path hands over."""
-        assert self._web is not None, "not serving"
-        return self._web()
+    def when_api_loaded(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once :attr:`api` is loaded (or failed to load: then it
+        stays None). The first call starts loading :mod:`tokend.api`, and with it
+        aiohttp, in a thread: the import takes ~0.2 s, which the event loop spends
+        answering other clients instead of waiting."""
+        self._api_waiters.append(callback)
+        if self._api_loading is None:
+            self._api_loading = asyncio.get_running_loop().create_task(self._load_api())
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        """aiohttp's entry point: route, answer HTTP errors as JSON errors, count."""
-        endpoint = self._endpoints.get(request.path)
-        response: web.StreamResponse
+    async def _load_api(self) -> None:
         try:
-            if endpoint is None:
-                response = _error(
-                    404,
-                    "not_found",
-                    f"no such endpoint {request.path!r}; try {', '.join(self._endpoints)}",
-                )
-            elif request.method not in ("GET", "HEAD"):
-                response = _error(
-                    405, "method_not_allowed", f"{request.method} is not allowed here; use GET"
-                )
-                response.headers["Allow"] = "GET, HEAD"
-            else:
-                response = await endpoint(request)
-        except web.HTTPException as exc:
-            error = "bad_request" if exc.status == 400 else "http_error"
-            response = _error(exc.status, error, exc.reason)
-        path = request.path if endpoint is not None else "other"
-        self.metrics.requests.labels(path, str(response.status)).inc()
-        return response
+            await asyncio.to_thread(importlib.import_module, "tokend.api")
+            from tokend.api import Api
+
+            self.api = Api(self)
+        except Exception as exc:
+            self._api_loading = None  # the next request tries again
+            log.error(
+                "cannot load the HTTP API (%s: %s); reinstall tokend", type(exc).__name__, exc
+            )
+        waiters, self._api_waiters = self._api_waiters, []
+        for callback in waiters:
+            callback()
 
     def fast_answer(self, head: bytes) -> tuple[bytes, bool] | None:
         """The whole response to a request head (without its final blank line) when it
@@ -650,7 +620,7 @@ class SocketServer:
         tok = r.valid_token(min_valid) if r is not None else None
         if tok is None:
             return None  # unknown profile, or a refresh or wait is needed
-        body = self._token_body(profile, tok)
+        body = self.token_body(profile, tok)
         date = self._http_date()
         cached = self._fast.get(profile)
         if cached is None or cached[0] is not body or cached[1] != date:
@@ -667,7 +637,7 @@ class SocketServer:
         return cached[2], False
 
     def _health_answer(self, close: bool) -> bytes:
-        code, payload = self._health()
+        code, payload = self.health()
         body = json.dumps(payload).encode()
         self.metrics.requests.labels("/healthz", str(code)).inc()
         return (
@@ -689,60 +659,7 @@ class SocketServer:
 
     # -- endpoints --------------------------------------------------------------------
 
-    def _refresher(self, profile: str) -> ProfileRefresher:
-        r = self.daemon.refreshers.get(profile)
-        if r is None:
-            names = ", ".join(sorted(self.daemon.refreshers)) or "none"
-            raise _Answer(
-                _error(
-                    404,
-                    "unknown_profile",
-                    f"no profile {profile!r} in {self.daemon.config.source} (configured: {names})",
-                )
-            )
-        return r
-
-    async def _token(self, request: web.BaseRequest) -> web.StreamResponse:
-        profile = request.query.get("profile") or "default"
-        min_valid = _seconds(request, "min_valid", MAX_MIN_VALID)
-        wait = _seconds(request, "wait", MAX_WAIT)
-        try:
-            r = self._refresher(profile)
-            if wait > 0:
-                r = await self._wait_for_token(profile, r, time.monotonic() + wait)
-        except _Answer as answer:
-            return answer.response
-        tok = r.valid_token(min_valid)
-        # Only min_valid makes a request fetch (and wait for the fetch); without it the
-        # answer comes from the current state at once, and `wait` waits for the daemon.
-        if tok is None and min_valid > 0 and self._may_force(profile, r):
-            # Concurrent requests share the refresher's one in-flight fetch.
-            tok = await r.ensure(min_valid)
-            if tok is None or r.consecutive_failures:
-                self._forced_failed_at[profile] = time.monotonic()
-        if tok is None:
-            tok = r.valid_token()
-        if tok is None:
-            return self._unavailable(r)
-        return web.Response(
-            body=self._token_body(profile, tok),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    def _may_force(self, profile: str, r: ProfileRefresher) -> bool:
-        if (
-            r.valid_token() is not None
-            and r.last_refresh is not None
-            and clock.now() - r.last_refresh < MIN_TOKEN_AGE
-        ):
-            return False
-        failed_at = self._forced_failed_at.get(profile)
-        if r.consecutive_failures and failed_at is not None:
-            return time.monotonic() - failed_at >= FORCED_RETRY_INTERVAL
-        return True
-
-    def _token_body(self, profile: str, tok: Token) -> bytes:
+    def token_body(self, profile: str, tok: Token) -> bytes:
         # The body changes only with the token or the whole-second expires_in, so it is
         # serialized at most once per second per profile, not once per request.
         now = clock.now()
@@ -753,84 +670,8 @@ class SocketServer:
             self._bodies[profile] = cached
         return cached[2]
 
-    async def _wait_for_token(
-        self, profile: str, r: ProfileRefresher, deadline: float
-    ) -> ProfileRefresher:
-        """Wait until the profile holds a valid token, a person must act, or the deadline."""
-        while r.valid_token() is None:
-            if r.state is State.REAUTH_REQUIRED and r.attempted.is_set():
-                break  # waiting cannot help; answer with the fix now
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._change_event(profile).wait(), remaining)
-            r = self._refresher(profile)  # a reload may have replaced it
-        return r
-
-    def _unavailable(self, r: ProfileRefresher) -> web.Response:
-        snap = r.snapshot()
-        reason = snap.last_error_reason
-        if snap.state is State.STARTING or (not reason and not r.attempted.is_set()):
-            return _error(
-                503,
-                "starting",
-                f"profile {r.name}: tokend is fetching the first token; retry in a moment "
-                "or ask with wait=N",
-            )
-        what = snap.last_error or f"profile {r.name}: state {snap.state.value}"
-        if not what.startswith(f"profile {r.name}"):
-            what = f"profile {r.name}: {what}"
-        if snap.state is State.REAUTH_REQUIRED:
-            error = reason or "reauth_required"
-            # The source's messages carry their own fix; add ours only when there is none.
-            detail = (
-                what
-                if snap.last_error
-                else f"{what}; {_ADVICE.get(error, _ADVICE['reauth_required'])}"
-            )
-        else:
-            error = reason or snap.state.value
-            detail = f"{what}; no valid token until a refresh succeeds"
-            if snap.next_refresh is not None:
-                detail += f" (next attempt in {max(0, int(snap.next_refresh - clock.now()))}s)"
-        return _error(503, error, detail)
-
-    async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
-        now = clock.now()
-        profiles = {
-            name: r.snapshot().as_dict(now) for name, r in sorted(self.daemon.refreshers.items())
-        }
-        return _json(
-            200,
-            {
-                "version": __version__,
-                "pid": os.getpid(),
-                "runtime_dir": str(self.daemon.config.runtime_path),
-                "healthy": all(r.valid_token() for r in self.daemon.refreshers.values()),
-                "profiles": profiles,
-            },
-        )
-
-    def _health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> tuple[int, dict[str, Any]]:
         missing = sorted(n for n, r in self.daemon.refreshers.items() if r.valid_token() is None)
         if missing:
             return 503, {"status": "unhealthy", "profiles_without_token": missing}
         return 200, {"status": "ok"}
-
-    async def _healthz(self, request: web.BaseRequest) -> web.StreamResponse:
-        return _json(*self._health())
-
-    async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
-
-
-class _Answer(Exception):
-    """Carries a finished response out of a helper (an unknown profile)."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
