@@ -32,6 +32,7 @@ from tokend.server import (
     MAX_LINE,
     MAX_MIN_VALID,
     MAX_WAIT,
+    parse_seconds,
 )
 
 if TYPE_CHECKING:
@@ -83,14 +84,10 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 
 
 def _seconds(request: web.BaseRequest, name: str, upper: float) -> float:
-    raw = request.query.get(name, "0") or "0"
     try:
-        value = float(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be a number of seconds") from None
-    if not 0 <= value <= upper:  # also rejects nan
-        raise web.HTTPBadRequest(reason=f"{name} must be between 0 and {int(upper)} seconds")
-    return value
+        return parse_seconds(name, request.query.get(name), upper)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
 
 
 class Api:

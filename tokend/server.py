@@ -373,16 +373,21 @@ class _Metrics:
         yield consecutive
 
 
-def _fast_seconds(raw: bytes | None, upper: float) -> float | None:
-    """A query parameter's seconds as :func:`_seconds` reads them; None when invalid
-    (aiohttp's path then answers the 400)."""
+def parse_seconds(name: str, raw: str | bytes | None, upper: float) -> float:
+    """A query parameter in seconds (absent or empty: 0).
+
+    Raises:
+        ValueError: not a number, or outside 0..upper; the message is for the client.
+    """
     if not raw:
         return 0.0
     try:
         value = float(raw)
     except ValueError:
-        return None
-    return value if 0 <= value <= upper else None
+        raise ValueError(f"{name} must be a number of seconds") from None
+    if not 0 <= value <= upper:  # also rejects nan
+        raise ValueError(f"{name} must be between 0 and {int(upper)} seconds")
+    return value
 
 
 class SocketServer:
@@ -612,9 +617,11 @@ class SocketServer:
             if key not in _TOKEN_PARAMS or key in params:
                 return None
             params[key] = value
-        min_valid = _fast_seconds(params.get(b"min_valid"), MAX_MIN_VALID)
-        if min_valid is None or _fast_seconds(params.get(b"wait"), MAX_WAIT) is None:
-            return None
+        try:
+            min_valid = parse_seconds("min_valid", params.get(b"min_valid"), MAX_MIN_VALID)
+            parse_seconds("wait", params.get(b"wait"), MAX_WAIT)
+        except ValueError:
+            return None  # aiohttp's side answers the 400
         profile = params.get(b"profile", b"").decode() or "default"
         r = self.daemon.refreshers.get(profile)
         tok = r.valid_token(min_valid) if r is not None else None
