@@ -11,7 +11,7 @@ import pytest
 
 from tokend import paths, sinks
 from tokend.errors import ConfigError, UnsafePathError
-from tokend.sinks import FileSink, atomic_write, sweep_temp_files
+from tokend.sinks import FileSink, atomic_write, staged, sweep_temp_files
 from tokend.token import Token
 
 
@@ -60,6 +60,22 @@ def test_failed_write_leaves_the_old_file_and_no_temp(
         atomic_write(target, b"new", 0o600)
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["token"]
+
+
+def test_staged_write_lands_only_when_published(tmp_path: Path) -> None:
+    """The data is complete in a temp file before ``publish``; unpublished, it is
+    deleted and the old file is untouched."""
+    target = tmp_path / "token"
+    atomic_write(target, b"old", 0o600)
+    with staged(target, b"new", 0o600) as publish:
+        (tmp,) = set(os.listdir(tmp_path)) - {"token"}
+        assert (tmp_path / tmp).read_bytes() == b"new" and mode(tmp_path / tmp) == 0o600
+        assert target.read_bytes() == b"old"
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["token"]
+    with staged(target, b"new", 0o600) as publish:
+        publish()
+        assert target.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["token"]
 
 

@@ -242,7 +242,9 @@ class Api:
         else:
             error = reason or snap.state.value
             detail = f"{what}; no valid token until a refresh succeeds"
-            if snap.next_refresh is not None:
+            if r.refreshing:
+                detail += " (one is in flight; ask with wait=N to wait for it)"
+            elif snap.next_refresh is not None:
                 detail += f" (next attempt in {max(0, int(snap.next_refresh - clock.now()))}s)"
         return _error(503, error, detail)
 

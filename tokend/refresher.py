@@ -218,6 +218,12 @@ class ProfileRefresher:
         self.attempted = asyncio.Event()  # set once the first attempt has finished
         self._wake = asyncio.Event()
         self._inflight: asyncio.Future[Token | None] | None = None
+        #: A fetched token is being written to the sinks in a thread: the run loop
+        #: repairs no file until it is done (its end wakes the loop).
+        self._writing = False
+        #: Held by whoever renames a sink file into place or removes one, and for
+        #: ``_on_disk``: the sink thread and the loop both do.
+        self._files = threading.Lock()
         self._stopping = False
 
     # -- public ---------------------------------------------------------------------
@@ -278,10 +284,12 @@ class ProfileRefresher:
     async def refresh(self) -> Token | None:
         """Fetch now, or join the fetch already in flight. Returns the new token, or
         None when the fetch failed (the reason is in ``last_error``)."""
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._refresh_once())
-            self._inflight.add_done_callback(self._clear_inflight)
-        return await asyncio.shield(self._inflight)
+        return await asyncio.shield(self._start_refresh())
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether a fetch (or the writing of its token) is in flight."""
+        return self._inflight is not None
 
     async def ensure(self, min_valid: float) -> Token | None:
         """A token with more than ``min_valid`` seconds left, refreshing if needed."""
@@ -292,20 +300,24 @@ class ProfileRefresher:
         return self.valid_token(min_valid) or self.valid_token()
 
     async def run(self) -> None:
+        """Start fetches when due and keep every other deadline meanwhile: a fetch may
+        hang for the whole HTTP timeout, or its write on a slow disk, and the token it
+        replaces must still be retired (its files removed) on time."""
         while not self._stopping:
             now = clock.now()
+            if now >= self.next_attempt:
+                self._start_refresh()
             self._expire_if_due(now)
             self._expire_stale_files(now)
-            if now >= self.next_attempt:
-                await self.refresh()
-                continue
-            self._repair_sinks(now)
-            deadline = self.next_attempt
+            if not self._writing:
+                self._repair_sinks(now)
+            deadline = math.inf if self.refreshing else self.next_attempt
             if self.token is not None:
                 deadline = min(deadline, retire_at(self.token))
-            for on_disk in list(self._on_disk.values()):
-                deadline = min(deadline, retire_at(on_disk))
-            if self.sink_error:
+            with self._files:
+                for on_disk in self._on_disk.values():
+                    deadline = min(deadline, retire_at(on_disk))
+            if self.sink_error and not self._writing:
                 deadline = min(deadline, now + SINK_RETRY)
             timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
             self._wake.clear()
@@ -314,8 +326,20 @@ class ProfileRefresher:
 
     # -- internals ------------------------------------------------------------------
 
-    def _clear_inflight(self, _fut: asyncio.Future[Token | None]) -> None:
+    def _start_refresh(self) -> asyncio.Future[Token | None]:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._refresh_once())
+            self._inflight.add_done_callback(self._refresh_done)
+        return self._inflight
+
+    def _refresh_done(self, fut: asyncio.Future[Token | None]) -> None:
         self._inflight = None
+        self._wake.set()  # the run loop's deadlines changed
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            # Fetch errors are handled in _refresh_once; this is a bug. Back off rather
+            # than retry in a hot loop, and keep running.
+            log.error("profile %s: refresh crashed", self.name, exc_info=exc)
+            self.next_attempt = clock.now() + backoff(self.consecutive_failures, self.rng)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -405,8 +429,9 @@ class ProfileRefresher:
         if tok is None or now < retire_at(tok):
             return
         self.token = None
-        self._on_disk.clear()
-        removed = [str(s.path) for s in self.sinks if self._remove(s)]
+        with self._files:
+            self._on_disk.clear()
+            removed = [str(s.path) for s in self.sinks if self._remove(s)]
         if self.state is not State.REAUTH_REQUIRED:
             self.state = State.EXPIRED
         log.warning(
@@ -423,18 +448,20 @@ class ProfileRefresher:
         written to it (disk full): no file may hold an expired token. ``unlink`` works
         on a full disk; on a read-only one the failure is logged."""
         for sink in self.sinks:
-            tok = self._on_disk.get(sink.path)
-            if tok is None or now < retire_at(tok):
-                continue
-            del self._on_disk[sink.path]
-            if self._remove(sink):
+            with self._files:
+                tok = self._on_disk.get(sink.path)
+                if tok is None or now < retire_at(tok):
+                    continue
+                del self._on_disk[sink.path]
+                removed = self._remove(sink)
+            if removed:
                 log.warning(
                     "profile %s: removed %s: the token it held (%s) expired and its "
-                    "successor could not be written (%s)",
+                    "successor was not written in time (%s)",
                     self.name,
                     sink.path,
                     tok.fingerprint,
-                    self.sink_error or "write failed",
+                    self.sink_error or "the write is still in progress",
                 )
 
     def _remove(self, sink: FileSink) -> bool:
@@ -446,18 +473,23 @@ class ProfileRefresher:
 
     def _write(self, tok: Token, *, only_missing: bool = False) -> None:
         """Write every sink (or only the missing ones), collecting errors into
-        ``sink_error`` so status shows them and the run loop retries."""
+        ``sink_error`` so status shows them and the run loop retries.
+
+        Runs in a thread after a fetch. The slow part (write, fsync) holds no lock; the
+        rename does, and is skipped once ``tok`` has retired, so the run loop can retire
+        the files' previous token on time while this write is stuck on a slow disk."""
         now = clock.now()
         errors = []
         for sink in self.sinks:
             if only_missing and not self.sink_error and sink.exists():
                 continue
             try:
-                sink.write(tok, now)
+                with sink.stage(tok, now) as publish, self._files:
+                    if clock.now() < retire_at(tok):
+                        publish()
+                        self._on_disk[sink.path] = tok
             except OSError as err:
                 errors.append(f"cannot write {sink.path}: {err.strerror or err}")
-            else:
-                self._on_disk[sink.path] = tok
         error = "; ".join(errors)
         if error and error != self.sink_error:
             log.error(
@@ -468,7 +500,11 @@ class ProfileRefresher:
         self.sink_error = error
 
     async def _write_sinks(self, tok: Token) -> None:
-        await run_in_thread(lambda: self._write(tok))
+        self._writing = True
+        try:
+            await run_in_thread(lambda: self._write(tok))
+        finally:
+            self._writing = False
 
     def _repair_sinks(self, now: float) -> None:
         """Rewrite sink files that were deleted or failed to write while the token is

@@ -14,12 +14,13 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokend.token import Token
 
-__all__ = ["FileSink", "atomic_write", "remove_file", "sweep_temp_files"]
+__all__ = ["FileSink", "atomic_write", "remove_file", "staged", "sweep_temp_files"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,25 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+    with staged(path, data, mode) as publish:
+        publish()
+
+
+@contextlib.contextmanager
+def staged(path: Path, data: bytes, mode: int = 0o600) -> Iterator[Callable[[], None]]:
+    """Write ``data`` to a temp file beside ``path`` and fsync it (the slow part); yield
+    ``publish``, which renames it over ``path`` (quick and atomic). A temp file left
+    unpublished is deleted; after a publish the directory is fsync-ed.
+
+    The split lets a caller publish under a lock that the slow part does not hold."""
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(4)}")
+    published = False
+
+    def publish() -> None:
+        nonlocal published
+        os.replace(tmp, path)
+        published = True
+
     # O_EXCL: never reuse a file someone planted; O_NOFOLLOW: never write through a link.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -48,12 +67,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+        yield publish
+    finally:
+        if not published:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    if published:
+        _fsync_dir(path.parent)
 
 
 def remove_file(path: Path) -> bool:
@@ -89,6 +109,12 @@ class FileSink:
 
     def write(self, token: Token, now: float) -> None:
         atomic_write(self.path, token.render(self.format, now, self.base_url), self.mode)
+
+    def stage(
+        self, token: Token, now: float
+    ) -> contextlib.AbstractContextManager[Callable[[], None]]:
+        """:func:`staged` for this sink: ``with sink.stage(tok, now) as publish: ...``"""
+        return staged(self.path, token.render(self.format, now, self.base_url), self.mode)
 
     def remove(self) -> bool:
         return remove_file(self.path)
