@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -155,6 +156,7 @@ class Daemon:
                 )
                 await self._server.start()
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
+            self._background(self._settle_heap())
             await self._stop.wait()
         finally:
             await self._shutdown(watcher)
@@ -166,6 +168,15 @@ class Daemon:
     async def first_attempts(self) -> None:
         """Wait until every profile finished its first fetch attempt (success or not)."""
         await asyncio.gather(*(r.attempted.wait() for r in self.refreshers.values()))
+
+    async def _settle_heap(self) -> None:
+        """Once started, move what startup allocated (google-auth, pydantic, the
+        configuration: ~48,000 objects) out of the garbage collector's reach. Otherwise
+        every full collection walks all of it: a ~20 ms pause of the loop that a client
+        waiting for its token feels. No ``gc.collect()`` first: it would be such a pause,
+        and at this point it finds nothing (measured: 0 objects)."""
+        await self.first_attempts()
+        gc.freeze()
 
     async def _shutdown(self, watcher: Watcher) -> None:
         log.info("tokend stopping")

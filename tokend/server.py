@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import gc
 import importlib
 import json
 import logging
@@ -565,6 +566,7 @@ class SocketServer:
             from tokend.api import Api
 
             self.api = Api(self)
+            gc.freeze()  # aiohttp's ~15,000 objects too: see Daemon._settle_heap
         except Exception as exc:
             self._api_loading = None  # the next request tries again
             log.error(
