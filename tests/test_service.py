@@ -555,7 +555,9 @@ def test_doctor_on_a_broken_setup(short_tmp: Path, home: Home) -> None:
     assert status["openai:default"] == "WARN"
     assert f"— chmod 700 {runtime}" in r.stdout
     assert "— run `gcloud auth application-default login`" in r.stdout
-    assert "systemctl --user start tokend" in r.stdout
+    socket_line = next(line for line in r.stdout.splitlines() if line.split()[1] == "socket")
+    assert socket_line.count("systemctl --user start tokend") == 1, socket_line
+    assert "tokend is not running" in socket_line and "tokend install" in socket_line
 
     r = home.tokend("doctor", "--json", **env)
     assert r.returncode == 1

@@ -152,7 +152,10 @@ def _socket(path: Path | None, status: dict[str, Any] | None, why: str) -> Check
     if path is None:
         return Check("socket", "WARN", 'turned off (socket.path = "")', "clients use files only")
     if status is None:
-        return Check("socket", "FAIL", why, _start_hint())
+        what, _, fix = why.partition("; ")  # the client's message carries its own fix
+        if what.startswith("tokend is not running") or not fix:
+            fix = _start_hint()  # the fuller one: it also names `tokend install`
+        return Check("socket", "FAIL", what, fix)
     n = len(status.get("profiles") or {})
     return Check("socket", "OK", f"tokend answers on {path} ({n} profile(s))")
 
