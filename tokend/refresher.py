@@ -278,7 +278,10 @@ class ProfileRefresher:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stopping = True
+        """End :meth:`run`. A write still in flight publishes nothing after this: the
+        daemon may be about to remove this profile's files (reload, profile dropped)."""
+        with self._files:
+            self._stopping = True
         self._wake.set()
 
     async def refresh(self) -> Token | None:
@@ -476,8 +479,9 @@ class ProfileRefresher:
         ``sink_error`` so status shows them and the run loop retries.
 
         Runs in a thread after a fetch. The slow part (write, fsync) holds no lock; the
-        rename does, and is skipped once ``tok`` has retired, so the run loop can retire
-        the files' previous token on time while this write is stuck on a slow disk."""
+        rename does, and is skipped once ``tok`` has retired (or we stopped), so the run
+        loop can retire the files' previous token on time while this write is stuck on a
+        slow disk."""
         now = clock.now()
         errors = []
         for sink in self.sinks:
@@ -485,7 +489,7 @@ class ProfileRefresher:
                 continue
             try:
                 with sink.stage(tok, now) as publish, self._files:
-                    if clock.now() < retire_at(tok):
+                    if not self._stopping and clock.now() < retire_at(tok):
                         publish()
                         self._on_disk[sink.path] = tok
             except OSError as err:
