@@ -72,6 +72,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM ``proc`` and return its exit code; SIGKILL it and return None if it does
+    not exit within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 @dataclass
 class Daemon:
     """A running ``tokend run`` process (see :func:`run_daemon`)."""
@@ -103,14 +116,9 @@ class Daemon:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        code = terminate(self.proc, timeout)
+        assert code is not None, f"tokend did not stop within {timeout}s of SIGTERM (killed)"
+        return code
 
     def assert_no_secrets(self) -> None:
         text = self.log()
@@ -159,8 +167,7 @@ def run_daemon(
             assert proc.poll() is None, f"tokend exited early:\n{d.log()}"
         yield d
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            d.stop()
+        terminate(proc, 5.0)  # tests that care about the exit call d.stop() themselves
         d.assert_no_secrets()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import terminate
 from tokend.testing import FakeGoogle
 
 # -- sizes and reporting ----------------------------------------------------------------
@@ -177,14 +177,8 @@ class Launched:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        """SIGTERM and the exit code; None if it had to be killed after ``timeout``."""
+        return terminate(self.proc, timeout)
 
 
 def launch(
