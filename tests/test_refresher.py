@@ -124,3 +124,46 @@ def test_old_files_retire_on_time_while_the_new_token_is_stuck_on_a_slow_disk(
     assert missing is not None and missing < seen["first_real_expiry"], seen
     assert fake.is_valid(seen["second"].value)
     assert seen["reads"] > 100, seen
+
+
+@pytest.mark.timeout(30)
+def test_a_write_in_flight_when_the_profile_stops_publishes_nothing(
+    fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. A refresh's write is stuck in a slow fsync (1 s) when the profile is stopped
+       and its files are removed (what the daemon does when a reload drops a profile).
+    2. When the fsync returns, the write publishes nothing: no file comes back that no
+       refresher would ever retire."""
+    creds = fake.write_service_account(tmp_path / "sa.json")
+    source = Source("p", ProfileConfig(credentials=str(creds)), timeout=2.0)
+    rt = tmp_path / "rt"
+    rt.mkdir(mode=0o700)
+    sink = FileSink(rt / "token", "raw")
+    real_fsync = os.fsync
+    stuck = threading.Event()
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode) and not stuck.is_set():
+            stuck.set()
+            time.sleep(1.0)
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        r = ProfileRefresher("p", source, [sink])
+        task = asyncio.create_task(r.run())
+        while not sink.exists():
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(os, "fsync", fsync)
+        r.refresh_soon()
+        while not stuck.is_set():
+            await asyncio.sleep(0.01)
+        r.stop()
+        sink.remove()
+        await asyncio.wait_for(task, 5)
+        while r.refreshing:  # the fetch task ends when the write thread returns
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert stuck.is_set()
+    assert not sink.exists(), "a stopped profile's write brought its file back"
+    assert [p.name for p in rt.iterdir()] == [], "temp file left behind"
