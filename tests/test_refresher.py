@@ -167,3 +167,46 @@ def test_a_write_in_flight_when_the_profile_stops_publishes_nothing(
     assert stuck.is_set()
     assert not sink.exists(), "a stopped profile's write brought its file back"
     assert [p.name for p in rt.iterdir()] == [], "temp file left behind"
+
+
+@pytest.mark.timeout(30)
+def test_credentials_changed_during_a_fetch_are_fetched_with_right_after_it(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """1. A fetch with the old service account hangs 1 s at the endpoint.
+    2. Meanwhile the credentials file is replaced by another identity and the refresher
+       told so (what the watcher does).
+    3. The hanging fetch lands the old identity's token; the refresher fetches again at
+       once, and the new identity's token replaces it (not ~45 min later, at the next
+       scheduled refresh)."""
+    creds = tmp_path / "sa.json"
+    fake.write_service_account(creds, email="old@p.iam.gserviceaccount.com")
+    source = Source("p", ProfileConfig(credentials=str(creds)), timeout=5.0)
+    rt = tmp_path / "rt"
+    rt.mkdir(mode=0o700)
+    sink = FileSink(rt / "token.json", "json")
+
+    async def scenario() -> tuple[str, int]:
+        r = ProfileRefresher("p", source, [sink])
+        task = asyncio.create_task(r.run())
+        while r.token is None:
+            await asyncio.sleep(0.01)
+        fake.hang(1.0, count=1)
+        r.refresh_soon()
+        while not r.refreshing or fake.calls["token"] < 2:
+            await asyncio.sleep(0.01)
+        fake.write_service_account(creds, email="new@p.iam.gserviceaccount.com")
+        r.refresh_soon(reload_credentials=True)
+        deadline = time.monotonic() + 10
+        while (r.token is None or r.token.account != "new@p.iam.gserviceaccount.com") and (
+            time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.01)
+        account = r.token.account if r.token else ""
+        r.stop()
+        await asyncio.wait_for(task, 5)
+        return account, fake.calls["token"]
+
+    account, calls = asyncio.run(scenario())
+    assert account == "new@p.iam.gserviceaccount.com", (account, calls)
+    assert calls == 3, calls  # the first token, the hanging fetch, the one right after it

@@ -224,6 +224,8 @@ class ProfileRefresher:
         #: Held by whoever renames a sink file into place or removes one, and for
         #: ``_on_disk``: the sink thread and the loop both do.
         self._files = threading.Lock()
+        #: refresh_soon() was called while a fetch was in flight.
+        self._again = False
         self._stopping = False
 
     # -- public ---------------------------------------------------------------------
@@ -271,6 +273,10 @@ class ProfileRefresher:
         if reload_credentials:
             self.source.invalidate()
         self.next_attempt = -math.inf
+        # A fetch in flight may have started before this request (with the old
+        # credentials): its end would schedule the next refresh ~45 min away. Fetch
+        # once more right after it instead.
+        self._again = self.refreshing
         self._wake.set()
 
     def poke(self) -> None:
@@ -337,6 +343,9 @@ class ProfileRefresher:
 
     def _refresh_done(self, fut: asyncio.Future[Token | None]) -> None:
         self._inflight = None
+        if self._again:
+            self._again = False
+            self.next_attempt = -math.inf
         self._wake.set()  # the run loop's deadlines changed
         if not fut.cancelled() and (exc := fut.exception()) is not None:
             # Fetch errors are handled in _refresh_once; this is a bug. Back off rather
