@@ -391,6 +391,25 @@ def parse_seconds(name: str, raw: str | bytes | None, upper: float) -> float:
     return value
 
 
+_NO_STORE = b"Cache-Control: no-store\r\n"
+
+
+def _response(status: bytes, body: bytes, date: bytes, *, close: bool, extra: bytes = b"") -> bytes:
+    """A whole JSON response as the fast path sends it (``extra``: more header lines)."""
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s"
+        b"Content-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+        % (
+            status,
+            extra,
+            len(body),
+            date,
+            b"Connection: close\r\n" if close else b"",
+            body,
+        )
+    )
+
+
 class SocketServer:
     """The daemon's HTTP API on a Unix socket.
 
@@ -629,34 +648,20 @@ class SocketServer:
             return None  # unknown profile, or a refresh or wait is needed
         body = self.token_body(profile, tok)
         date = self._http_date()
-        cached = self._fast.get(profile)
-        if cached is None or cached[0] is not body or cached[1] != date:
-            head = (
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Cache-Control: no-store\r\nContent-Length: %d\r\nDate: %s\r\n" % (len(body), date)
-            )
-            cached = (body, date, head + b"\r\n" + body)
-            self._fast[profile] = cached
         self._token_ok.inc()
         if close:
-            head = cached[2][: -len(body) - 2]
-            return head + b"Connection: close\r\n\r\n" + body, True
+            return _response(b"200 OK", body, date, close=True, extra=_NO_STORE), True
+        cached = self._fast.get(profile)
+        if cached is None or cached[0] is not body or cached[1] != date:
+            cached = (body, date, _response(b"200 OK", body, date, close=False, extra=_NO_STORE))
+            self._fast[profile] = cached
         return cached[2], False
 
     def _health_answer(self, close: bool) -> bytes:
         code, payload = self.health()
-        body = json.dumps(payload).encode()
         self.metrics.requests.labels("/healthz", str(code)).inc()
-        return (
-            b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
-            % (
-                b"200 OK" if code == 200 else b"503 Service Unavailable",
-                len(body),
-                b"Date: %s\r\n" % self._http_date(),
-                b"Connection: close\r\n" if close else b"",
-                body,
-            )
-        )
+        status = b"200 OK" if code == 200 else b"503 Service Unavailable"
+        return _response(status, json.dumps(payload).encode(), self._http_date(), close=close)
 
     def _http_date(self) -> bytes:
         second = int(clock.now())

@@ -108,7 +108,8 @@ class FileSink:
     base_url: str = ""
 
     def write(self, token: Token, now: float) -> None:
-        atomic_write(self.path, token.render(self.format, now, self.base_url), self.mode)
+        with self.stage(token, now) as publish:
+            publish()
 
     def stage(
         self, token: Token, now: float
