@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -163,6 +164,36 @@ def tokend_env(
     env.pop("JOURNAL_STREAM", None)
     env.update(extra or {})
     return env
+
+
+# -- the daemon's log ---------------------------------------------------------------
+
+
+_FAILED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) tokend WARNING: profile default: refresh failed "
+    r"\(.*\), retry (\d+) in ([\d.]+)s",
+    re.M,
+)
+
+
+def failures_in_log(log: str) -> list[tuple[float, int, float]]:
+    """(when, retry number, announced delay) of every retryable failure in a daemon log."""
+    out = []
+    for stamp, n, delay in _FAILED.findall(log):
+        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1e3
+        out.append((when, int(n), float(delay)))
+    return out
+
+
+def recovery_step(failures: list[tuple[float, int, float]], t_heal: float) -> float:
+    """Seconds from the heal to the attempt that recovers: the one the last failure
+    scheduled. (Not the first one announced for after the heal: delays are logged to
+    0.1 s, so an attempt announced just after the heal may have run, and failed, just
+    before it.)"""
+    if not failures:
+        return 0.0
+    when, _, delay = failures[-1]
+    return max(0.0, when + delay - t_heal)
 
 
 @dataclass

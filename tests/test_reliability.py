@@ -32,6 +32,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.reliability_util import (
     assert_no_secrets,
+    failures_in_log,
     get,
     judge_reads,
     knob,
@@ -39,6 +40,7 @@ from tests.reliability_util import (
     one_response,
     profile_status,
     readers,
+    recovery_step,
     report,
     request,
     tokend_env,
@@ -209,21 +211,6 @@ def test_sigkill_mid_write(fake: FakeGoogle, short_tmp: Path, kills: float) -> N
 
 # -- 3. token endpoint faults -----------------------------------------------------------
 
-_FAILED = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) tokend WARNING: profile default: refresh failed "
-    r"\(.*\), retry (\d+) in ([\d.]+)s",
-    re.M,
-)
-
-
-def failures_in_log(log: str) -> list[tuple[float, int, float]]:
-    """(when, retry number, announced delay) of every retryable failure in a daemon log."""
-    out = []
-    for stamp, n, delay in _FAILED.findall(log):
-        when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1e3
-        out.append((when, int(n), float(delay)))
-    return out
-
 
 def check_schedule(failures: list[tuple[float, int, float]], attempt_seconds: float) -> list[str]:
     """The announced delays follow the full-jitter policy (retry n waits 0.1 s to
@@ -239,17 +226,6 @@ def check_schedule(failures: list[tuple[float, int, float]], attempt_seconds: fl
         if gap < delay - 0.06 or gap > delay + attempt_seconds + 1.0:
             problems.append(f"retry {n}: came {gap:.2f}s after the failure, announced {delay}s")
     return problems
-
-
-def recovery_step(failures: list[tuple[float, int, float]], t_heal: float) -> float:
-    """Seconds from the heal to the attempt that recovers: the one the last failure
-    scheduled. (Not the first one announced for after the heal: delays are logged to
-    0.1 s, so an attempt announced just after the heal may have run, and failed, just
-    before it.)"""
-    if not failures:
-        return 0.0
-    when, _, delay = failures[-1]
-    return max(0.0, when + delay - t_heal)
 
 
 def tokens_on_disk(d: Any) -> dict[str, str | None]:
