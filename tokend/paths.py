@@ -9,6 +9,7 @@ someone else may already hold a handle in it, so we refuse and say how to repair
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -16,10 +17,57 @@ from pathlib import Path
 
 from tokend.errors import ConfigError, UnsafePathError
 
-__all__ = ["SUN_PATH_MAX", "check_sink_parent", "check_socket_path", "ensure_private_dir"]
+__all__ = [
+    "MAX_FILE_SIZE",
+    "SUN_PATH_MAX",
+    "check_sink_parent",
+    "check_socket_path",
+    "ensure_private_dir",
+    "read_regular",
+]
 
 #: sizeof(sockaddr_un.sun_path) minus the terminating NUL.
 SUN_PATH_MAX = 103 if sys.platform == "darwin" else 107
+
+
+#: Largest configuration, credentials or token file tokend reads: real ones are a few KiB.
+MAX_FILE_SIZE = 1 << 20
+
+
+def read_regular(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, read without blocking.
+
+    The path may come from another program (gcloud, an editor, a sync tool) or an
+    attacker on the same uid: a FIFO there would block a plain ``open`` forever, and a
+    symlink to ``/dev/zero`` would be read until memory runs out. So the file is opened
+    ``O_NONBLOCK`` (a FIFO opens at once, and is then refused), checked with ``fstat``
+    on the descriptor actually opened, and read up to one byte past ``limit``.
+
+    Raises:
+        OSError: cannot be opened, or (``strerror`` says which) is not a regular file or
+            is larger than ``limit``. ``FileNotFoundError`` and ``PermissionError``
+            stay what they are, so callers can give their own advice.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or directory)")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # grew after the fstat
+            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _mode(st: os.stat_result) -> str:
