@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from tokend import wire
 from tokend.errors import TokenUnavailable
+from tokend.paths import read_regular
 from tokend.timefmt import format_time, parse_time
 
 # What `tokend token` imports is most of what it costs (scripts/bench.py): typing,
@@ -134,9 +136,7 @@ class TokenInfo:
 def _info_from(data: Any) -> TokenInfo:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    value = data["access_token"]
-    if not isinstance(value, str) or not value:
-        raise ValueError("access_token must be a non-empty string")
+    value = wire.check_token(data.get("access_token"))
     return TokenInfo(
         value=value,
         expires_at=parse_time(str(data["expires_at"])),
@@ -201,8 +201,12 @@ def _config() -> dict[str, Any]:
     import tomllib  # here: without a config file (the common case) it is never needed
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        data = tomllib.loads(read_regular(path).decode("utf-8"))
+    except OSError as err:
+        raise TokenUnavailable(
+            f"{path}: cannot read the tokend config: {err.strerror or err}"
+        ) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise TokenUnavailable(f"{path}: cannot read the tokend config: {err}") from None
     _config_cache[path] = (key, data)
     return data
@@ -304,9 +308,7 @@ def _read_file(path: Path) -> TokenInfo | None:
         cached = _file_cache.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        with open(path, "rb") as f:
-            data = json.loads(f.read(_MAX_RESPONSE))
-        info = _info_from(data)
+        info = _info_from(json.loads(read_regular(path, _MAX_RESPONSE)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     _file_cache[path] = (key, info)

@@ -23,6 +23,7 @@ import platformdirs
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tokend.errors import ConfigError
+from tokend.paths import read_regular
 
 __all__ = [
     "CLOUD_PLATFORM",
@@ -313,7 +314,7 @@ def load(
     """Read and validate the configuration. Raises :class:`ConfigError` (one line)."""
     file, named = resolve_config_path(path, env)
     try:
-        text = file.read_bytes()
+        text = read_regular(file)  # a FIFO or a device there is refused, not waited on
     except FileNotFoundError:
         if named:
             raise ConfigError(
