@@ -27,10 +27,10 @@ SECRET = "ya29.unit-test-secret-value"
 def write_token(path: Path, value: str = SECRET, *, expires_in: float = 600, **kw: str) -> None:
     """Write a json sink the way the daemon does: a new file renamed over the old."""
     now = time.time()
-    tok = Token(value=value, expires_at=now + expires_in, issued_at=now, **kw)  # type: ignore[arg-type]
+    tok = Token.received(value, expires_in, wall=now, steady=0.0, **kw)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(tok.render("json", now))
+    tmp.write_bytes(tok.render("json", 0.0))
     os.replace(tmp, path)
 
 
@@ -185,9 +185,7 @@ def test_expired_file_is_never_returned(rt: Path) -> None:
 
 def _body(value: str, expires_in: float = 900, profile: str = "default") -> dict[str, object]:
     now = time.time()
-    return Token(value=value, expires_at=now + expires_in, issued_at=now, profile=profile).as_dict(
-        now
-    )
+    return Token.received(value, expires_in, wall=now, steady=0.0, profile=profile).as_dict(0.0)
 
 
 def test_falls_back_to_the_socket_with_min_valid(rt: Path, stand_in: type[StandIn]) -> None:

@@ -76,11 +76,13 @@ def test_backoff_grows_to_the_cap() -> None:
         assert abs(mean - ceiling / 2) < ceiling * 0.06 + BACKOFF_MIN
 
 
-@given(lifetimes, instants)
-def test_tokens_retire_shortly_before_expiry(lifetime: float, issued: float) -> None:
-    tok = Token("v", issued + lifetime, issued)
+@given(lifetimes, instants, instants)
+def test_tokens_retire_shortly_before_expiry(lifetime: float, issued: float, wall: float) -> None:
+    tok = Token.received("v", lifetime, wall=wall, steady=issued)
     at = retire_at(tok)
-    assert issued + lifetime - 1.0 - 1e-6 <= at < issued + lifetime
+    assert tok.deadline - 1.0 - 1e-6 <= at < tok.deadline
+    # ...which is never after the instant the files state (whole seconds, rounded down).
+    assert at - issued < tok.expires_at - wall
     # Retirement always comes after the scheduled refresh, so a healthy endpoint
     # replaces every token before it is retired.
-    assert at > next_refresh_at(issued, issued + lifetime, random.Random(0))
+    assert at > next_refresh_at(tok.issued, tok.deadline, random.Random(0))

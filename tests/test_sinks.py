@@ -110,8 +110,8 @@ def test_sweep_removes_only_our_temp_files(tmp_path: Path) -> None:
 
 
 def test_file_sink_renders_its_format(tmp_path: Path) -> None:
-    tok = Token("v", 2e9, 1e9)
-    FileSink(tmp_path / "e", "env", 0o600, "https://x").write(tok, 1e9)
+    tok = Token.received("v", 3600, wall=1e9, steady=0.0)
+    FileSink(tmp_path / "e", "env", 0o600, "https://x").write(tok, 0.0)
     assert (tmp_path / "e").read_text().startswith("OPENAI_API_KEY=v\nOPENAI_BASE_URL=https://x\n")
     assert FileSink(tmp_path / "e").remove()
     assert not FileSink(tmp_path / "e").remove()

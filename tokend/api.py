@@ -195,7 +195,7 @@ class Api:
         if (
             r.valid_token() is not None
             and r.last_refresh is not None
-            and clock.now() - r.last_refresh < MIN_TOKEN_AGE
+            and clock.steady() - r.last_refresh < MIN_TOKEN_AGE
         ):
             return False
         failed_at = self._forced_failed_at.get(profile)
@@ -249,9 +249,8 @@ class Api:
         return _error(503, error, detail)
 
     async def _status(self, request: web.BaseRequest) -> web.StreamResponse:
-        now = clock.now()
         profiles = {
-            name: r.snapshot().as_dict(now) for name, r in sorted(self.daemon.refreshers.items())
+            name: r.snapshot().as_dict() for name, r in sorted(self.daemon.refreshers.items())
         }
         return _json(
             200,

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import json
 import logging
 import os
 import resource
@@ -23,12 +22,11 @@ from tokend import clock
 from tokend.config import Config, ProfileConfig, load
 from tokend.errors import ConfigError, CredentialsError, RefreshError
 from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir
-from tokend.refresher import ProfileRefresher
+from tokend.refresher import ProfileRefresher, fetch_within, run_in_thread
 from tokend.server import SocketServer, refuse_if_served
 from tokend.service.notify import ServiceLink, describe
 from tokend.sinks import FileSink, sweep_temp_files
 from tokend.source import Source
-from tokend.token import Token, token_from_dict
 from tokend.watch import Watcher
 
 __all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]
@@ -36,10 +34,18 @@ __all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]
 log = logging.getLogger(__name__)
 
 #: Seconds to wait after a watched file changes before acting, so a file written in
-#: several steps is read once it is complete.
+#: several steps is read once it is complete...
 DEBOUNCE = 0.2
-#: Upper bound for the HTTP timeout of one token fetch; ``TOKEND_TIMEOUT`` lowers it.
+#: ...but never longer than this after the first change: a file touched every 100 ms
+#: (an editor, a sync tool) must not postpone a new identity's token forever.
+DEBOUNCE_MAX = 1.0
+#: How often the clocks are compared, to notice a suspend or a wall-clock step: a
+#: resume is acted on within this (plus the time the work takes).
+CLOCK_TICK = 1.0
+#: Upper bound for one whole token fetch; ``TOKEND_TIMEOUT`` sets it.
 DEFAULT_TIMEOUT = 10.0
+#: A configuration file not read within this is a hung filesystem, not a config.
+CONFIG_READ_TIMEOUT = 5.0
 
 
 def fetch_timeout() -> float:
@@ -94,21 +100,6 @@ def make_sinks(config: Config, name: str, profile: ProfileConfig) -> list[FileSi
     ]
 
 
-def _on_disk_token(sinks: list[FileSink], profile: str) -> Token | None:
-    """The token a previous run left in this profile's json sink, if readable."""
-    for sink in sinks:
-        if sink.format != "json":
-            continue
-        try:
-            data = json.loads(sink.path.read_bytes())
-            tok = token_from_dict(data, clock.now())
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if tok.profile == profile:
-            return tok
-    return None
-
-
 class Daemon:
     """The running service. ``await Daemon(config, config_path).run()`` -> exit code."""
 
@@ -121,6 +112,9 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: When each debounced action was first asked for (loop time), for DEBOUNCE_MAX.
+        self._first_asked: dict[str, float] = {}
+        self._reloading: asyncio.Task[None] | None = None
         self._watcher: Watcher | None = None
         self._server: SocketServer | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -157,6 +151,7 @@ class Daemon:
                 await self._server.start()
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
             self._background(self._settle_heap())
+            self._background(self._watch_clocks())
             await self._stop.wait()
         finally:
             await self._shutdown(watcher)
@@ -178,9 +173,31 @@ class Daemon:
         await self.first_attempts()
         gc.freeze()
 
+    async def _watch_clocks(self) -> None:
+        """Every CLOCK_TICK, compare the clocks (:class:`tokend.clock.Jumps`) and tell
+        every refresher about a suspend or a wall-clock step: asyncio's timers neither
+        count suspend nor notice steps. One cheap timer for the whole daemon."""
+        jumps = clock.Jumps()
+        while True:
+            await asyncio.sleep(CLOCK_TICK)
+            jump = jumps.check()
+            if not jump:
+                continue
+            if jump.suspended:
+                log.info("resumed after %.0f s of suspend; checking every token", jump.suspended)
+            if jump.stepped:
+                log.info(
+                    "the wall clock was stepped by %+.1f s; restating expiry times",
+                    jump.stepped,
+                )
+            for r in self.refreshers.values():
+                r.clock_jumped(jump)
+
     async def _shutdown(self, watcher: Watcher) -> None:
         log.info("tokend stopping")
         self._link.stopping()
+        for task in list(self._pending):
+            task.cancel()
         if self._server is not None:
             await self._server.stop()  # first: no client waits on a refresher being stopped
             self._server = None
@@ -233,7 +250,6 @@ class Daemon:
                     log.info("removed %d temp file(s) a previous run left in %s", swept, d)
             source = Source(name, config.profile(name), timeout=self.timeout)
             refresher = ProfileRefresher(name, source, sinks, on_change=self._state_changed)
-            self._adopt(refresher)
             self.refreshers[name] = refresher
             self._profile_cfgs[name] = pc
             self._tasks[name] = asyncio.ensure_future(refresher.run())
@@ -244,30 +260,36 @@ class Daemon:
                 path.unlink()
                 log.info("removed %s (its profile was removed or changed)", path)
 
-    def _adopt(self, refresher: ProfileRefresher) -> None:
-        tok = _on_disk_token(list(refresher.sinks), refresher.name)
-        if tok is not None and refresher.adopt(tok):
-            log.info(
-                "profile %s: serving token %s from the previous run until the first refresh",
-                refresher.name,
-                tok.fingerprint,
-            )
-            return
-        # No provably valid token on disk: whatever a previous run left may be expired.
-        removed = [str(s.path) for s in refresher.sinks if s.remove()]
-        if removed:
-            log.info(
-                "profile %s: removed files with no valid token: %s",
-                refresher.name,
-                ", ".join(removed),
-            )
-
     def reload(self) -> None:
+        """Re-read the configuration (SIGHUP, the file changed), in a task: the file is
+        read in a thread, never on the loop (it may be a FIFO, or on a hung network
+        filesystem). A reload asked for during one runs after it."""
+        if self._reloading is not None:
+            self._debounced("config", self.reload)
+            return
+        self._reloading = asyncio.ensure_future(self._reload())
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._reloading = None
+            if not task.cancelled() and task.exception() is not None:
+                log.error("configuration reload failed: %s", task.exception())
+
+        self._reloading.add_done_callback(done)
+
+    async def _reload(self) -> None:
         """Re-read the configuration; a bad one is logged and the running one kept."""
         self._link.reloading()
         try:
             try:
-                config = load(self.config_path)
+                try:
+                    config = await asyncio.wait_for(
+                        run_in_thread(lambda: load(self.config_path)), CONFIG_READ_TIMEOUT
+                    )
+                except TimeoutError:
+                    raise ConfigError(
+                        f"{self.config_path}: not read within {CONFIG_READ_TIMEOUT:g} s "
+                        "(a hung filesystem?)"
+                    ) from None
                 if config == self.config:
                     log.info("configuration unchanged")
                     return
@@ -304,10 +326,21 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self.refresh_all)
 
     def _debounced(self, key: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` DEBOUNCE after the last call for ``key``, and at most DEBOUNCE_MAX
+        after the first one of a burst."""
+        loop = asyncio.get_running_loop()
         old = self._timers.pop(key, None)
         if old is not None:
             old.cancel()
-        self._timers[key] = asyncio.get_running_loop().call_later(DEBOUNCE, fn)
+        first = self._first_asked.setdefault(key, loop.time())
+        delay = max(0.0, min(DEBOUNCE, first + DEBOUNCE_MAX - loop.time()))
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self._first_asked.pop(key, None)
+            fn()
+
+        self._timers[key] = loop.call_later(delay, fire)
 
     def _watch_targets(self) -> list[Path]:
         targets = [self.config.runtime_path]
@@ -368,19 +401,29 @@ class Daemon:
 
 
 def run_once(config: Config) -> int:
-    """``tokend run --once``: fetch every profile, write its sinks, report. Exit code."""
+    """``tokend run --once``: fetch every profile, write its sinks, report. Exit code.
+
+    Refused while a daemon serves the socket (its files and ours would disagree). The
+    files it writes are not removed when their token expires: nobody is left to do it.
+
+    Raises:
+        ConfigError: a daemon is running.
+    """
+    if config.socket_path is not None:
+        refuse_if_served(config.socket_path)
     prepare_paths(config)
     timeout = fetch_timeout()
     worst = 0
     for name, pc in config.profiles.items():
         sinks = make_sinks(config, name, pc)
+        source = Source(name, config.profile(name), timeout=timeout)
         try:
-            tok = Source(name, config.profile(name), timeout=timeout).fetch()
+            tok = asyncio.run(fetch_within(source, timeout))
         except (CredentialsError, RefreshError) as err:
             log.error("profile %s: %s", name, err)
             worst = 3
             continue
-        now = clock.now()
+        now = clock.steady()
         for sink in sinks:
             try:
                 sink.write(tok, now)
@@ -388,7 +431,8 @@ def run_once(config: Config) -> int:
                 log.error("profile %s: cannot write %s: %s", name, sink.path, err.strerror)
                 worst = 1 if worst == 0 else worst
         log.info(
-            "profile %s: wrote %s (%s, expires in %ds)",
+            "profile %s: wrote %s (%s, expires in %ds; no daemon runs to replace or remove "
+            "it, so readers must check its expires_at)",
             name,
             ", ".join(str(s.path) for s in sinks),
             tok.fingerprint,

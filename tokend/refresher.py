@@ -2,7 +2,9 @@
 
 Policy functions take time and randomness as arguments so that hypothesis can check
 them for every lifetime without sleeping. The task reads time only through
-:func:`tokend.clock.now`.
+:mod:`tokend.clock`, and measures every lifetime and deadline on its steady clock,
+which counts suspend and never steps; asyncio's own timers do neither, so the daemon
+tells the refresher when the clocks jumped (:meth:`ProfileRefresher.clock_jumped`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import math
 import random
@@ -21,9 +24,10 @@ from typing import Any, Protocol, TypeVar
 
 from tokend import clock
 from tokend.errors import CredentialsError, RefreshError
+from tokend.paths import read_regular
 from tokend.sinks import FileSink
 from tokend.timefmt import format_time
-from tokend.token import Token
+from tokend.token import Token, token_from_dict
 
 __all__ = [
     "BACKOFF_BASE",
@@ -33,6 +37,7 @@ __all__ = [
     "Snapshot",
     "State",
     "backoff",
+    "fetch_within",
     "next_refresh_at",
 ]
 
@@ -57,7 +62,8 @@ SINK_RETRY = 1.0
 
 
 def next_refresh_at(issued_at: float, expires_at: float, rng: random.Random) -> float:
-    """When to refresh a token received at ``issued_at`` that expires at ``expires_at``.
+    """When to refresh a token received at ``issued_at`` that expires at ``expires_at``
+    (both on one clock: the steady one, in the daemon).
 
     At a jittered 75-85 % of its lifetime, so a fleet of daemons does not hit Google in
     step. Where the lifetime allows (at least ``2 * REFRESH_FLOOR``), also no later than
@@ -75,8 +81,9 @@ def next_refresh_at(issued_at: float, expires_at: float, rng: random.Random) -> 
 
 
 def retire_at(token: Token) -> float:
-    """When a token stops being served: shortly before its real expiry."""
-    return token.expires_at - min(RETIRE_MARGIN_MAX, RETIRE_MARGIN * token.lifetime)
+    """When a token stops being served and its files are removed (steady clock):
+    shortly before its real expiry, which is also the instant its files state."""
+    return token.deadline - min(RETIRE_MARGIN_MAX, RETIRE_MARGIN * token.lifetime)
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -104,14 +111,19 @@ class TokenSource(Protocol):
     def account(self) -> str: ...
     @property
     def watched_paths(self) -> tuple[Path, ...]: ...
+    @property
+    def timeout(self) -> float: ...
 
     def fetch(self) -> Token: ...
     def invalidate(self) -> None: ...
+    def abandon(self) -> None: ...
+    def credentials_id(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A profile's state for status output: no token value in here."""
+    """A profile's state for status output: no token value in here. Instants are on the
+    wall clock (what people read), converted when the snapshot is taken."""
 
     profile: str
     state: State
@@ -125,7 +137,9 @@ class Snapshot:
     last_error_reason: str
     fingerprint: str
 
-    def as_dict(self, now: float) -> dict[str, Any]:
+    expires_in: int | None  #: whole seconds left, on the steady clock
+
+    def as_dict(self) -> dict[str, Any]:
         def t(v: float | None) -> str | None:
             return None if v is None or math.isinf(v) else format_time(v)
 
@@ -135,7 +149,7 @@ class Snapshot:
             "account": self.account,
             "credential_type": self.credential_type,
             "expires_at": t(self.expires_at),
-            "expires_in": None if self.expires_at is None else max(0, int(self.expires_at - now)),
+            "expires_in": self.expires_in,
             "last_refresh": t(self.last_refresh),
             "next_refresh": t(self.next_refresh),
             "consecutive_failures": self.consecutive_failures,
@@ -149,11 +163,16 @@ T = TypeVar("T")
 
 
 async def run_in_thread(fn: Callable[[], T]) -> T:
-    """Run a blocking call on a daemon thread.
+    """Run a blocking call on a daemon thread and wait for it."""
+    return await in_thread(fn)
+
+
+def in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Start a blocking call on a daemon thread; the future settles on the loop.
 
     Not the loop's default executor: its threads are joined at interpreter exit, so a
     fetch stuck on a slow network would hold up shutdown. A daemon thread is simply
-    abandoned; its socket timeout ends it soon after.
+    abandoned (cancelling the future does that); its socket timeout ends it soon after.
     """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
@@ -179,15 +198,52 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
             pass  # the loop closed while we were working: nobody waits any more
 
     threading.Thread(target=target, name="tokend-fetch", daemon=True).start()
-    return await fut
+    return fut
+
+
+class _Resumed(Exception):
+    """The machine was suspended while a fetch was in flight (see fetch_within)."""
+
+
+async def fetch_within(
+    source: TokenSource, timeout: float, abandon: asyncio.Future[None] | None = None
+) -> Token:
+    """``source.fetch()`` in a thread, bounded as a whole by ``timeout`` seconds.
+
+    google-auth's own timeouts bound each socket operation, not the call: an endpoint
+    trickling its answer a byte a second keeps a fetch going for as long as it likes.
+    Past the deadline the fetch is abandoned (its thread ends with its socket timeout;
+    its result is dropped) and counted as a retryable failure. ``abandon`` settling
+    gives up early too, raising :class:`_Resumed`.
+
+    Raises:
+        RefreshError: the fetch failed, or did not finish in time (``timeout``).
+        CredentialsError: see :meth:`tokend.source.Source.fetch`.
+    """
+    fetch = in_thread(source.fetch)
+    waiters: set[asyncio.Future[Any]] = {fetch} if abandon is None else {fetch, abandon}
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if fetch.done():
+        return fetch.result()
+    fetch.cancel()
+    source.abandon()
+    if abandon is not None and abandon.done():
+        raise _Resumed
+    raise RefreshError(
+        f"no answer within {timeout:g} s (TOKEND_TIMEOUT); gave up on it, retrying with backoff",
+        retryable=True,
+        reason="timeout",
+    )
 
 
 class ProfileRefresher:
     """Keeps one profile's token fresh and its sinks in step.
 
-    One task (:meth:`run`) sleeps until the next deadline (refresh, retry, expiry or a
-    sink repair) or until woken. Every fetch goes through :meth:`refresh`, which shares
-    one in-flight fetch among all callers, so concurrent demands never stampede Google.
+    One task (:meth:`run`) first restores a verifiable token an earlier run left on
+    disk, then sleeps until the next deadline (refresh, retry, expiry or a sink repair)
+    or until woken. Every fetch goes through :meth:`refresh`, which shares one
+    in-flight fetch among all callers, so concurrent demands never stampede Google.
+    All instants here are on :func:`tokend.clock.steady`.
     """
 
     def __init__(
@@ -218,9 +274,14 @@ class ProfileRefresher:
         self.attempted = asyncio.Event()  # set once the first attempt has finished
         self._wake = asyncio.Event()
         self._inflight: asyncio.Future[Token | None] | None = None
-        #: A fetched token is being written to the sinks in a thread: the run loop
-        #: repairs no file until it is done (its end wakes the loop).
+        #: Settled to give up on the fetch in flight (the machine was suspended).
+        self._abandon: asyncio.Future[None] | None = None
+        #: Sink files are being written in a thread (after a fetch, or a repair): no
+        #: other write starts until it is done (its end wakes the loop).
         self._writing = False
+        self._repair: asyncio.Task[None] | None = None
+        #: Rewrite every sink (the wall clock stepped: the files state the wrong time).
+        self._rewrite = False
         #: Held by whoever renames a sink file into place or removes one, and for
         #: ``_on_disk``: the sink thread and the loop both do.
         self._files = threading.Lock()
@@ -232,14 +293,22 @@ class ProfileRefresher:
 
     def snapshot(self) -> Snapshot:
         tok = self.token
+        steady = clock.steady()
+
+        def wall(instant: float | None) -> float | None:
+            if instant is None or math.isinf(instant):
+                return None
+            return clock.to_wall(instant)
+
         return Snapshot(
             profile=self.name,
             state=self.state,
             account=(tok.account if tok else "") or self.source.account,
             credential_type=self.source.credential_type,
             expires_at=tok.expires_at if tok else None,
-            last_refresh=self.last_refresh,
-            next_refresh=None if math.isinf(self.next_attempt) else self.next_attempt,
+            expires_in=max(0, int(tok.expires_in(steady))) if tok else None,
+            last_refresh=wall(self.last_refresh),
+            next_refresh=wall(self.next_attempt),
             consecutive_failures=self.consecutive_failures,
             last_error=self.sink_error or self.last_error,
             last_error_reason="sink_write_failed" if self.sink_error else self.last_error_reason,
@@ -252,20 +321,10 @@ class ProfileRefresher:
         tok = self.token
         if tok is None:
             return None
-        now = clock.now()
+        now = clock.steady()
         if now < retire_at(tok) and tok.is_valid(now, min_valid):
             return tok
         return None
-
-    def adopt(self, token: Token) -> bool:
-        """Serve a still-valid token found on disk from an earlier run until the first
-        fetch replaces it, so a restart during an outage loses nothing. Returns whether
-        the token was valid enough to adopt."""
-        if clock.now() < retire_at(token):
-            self.token = token
-            self._on_disk = {s.path: token for s in self.sinks if s.exists()}
-            return True
-        return False
 
     def refresh_soon(self, *, reload_credentials: bool = False) -> None:
         """Refresh at once (SIGUSR1, the credentials file changed). Thread-unsafe: call
@@ -277,6 +336,24 @@ class ProfileRefresher:
         # credentials): its end would schedule the next refresh ~45 min away. Fetch
         # once more right after it instead.
         self._again = self.refreshing
+        self._wake.set()
+
+    def clock_jumped(self, jump: clock.Jump) -> None:
+        """The daemon saw the clocks jump (:class:`tokend.clock.Jumps`).
+
+        After a suspend every deadline is re-checked at once (asyncio's timers slept
+        through it): a token that died meanwhile is retired, its files removed, and the
+        overdue refresh starts; a fetch in flight since before the suspend is given up
+        and started again (its connection is most likely dead). After a wall-clock step
+        the token's stated ``expires_at`` is moved to match and every file rewritten."""
+        if jump.stepped and self.token is not None:
+            tok = self.token = self.token.rebased(clock.now(), clock.steady())
+            self._rewrite = True
+            if self.state is State.FRESH:  # the rounding may have moved retirement earlier
+                soonest = next_refresh_at(tok.issued, tok.deadline, self.rng)
+                self.next_attempt = min(self.next_attempt, soonest)
+        if jump.suspended and self._abandon is not None and not self._abandon.done():
+            self._abandon.set_result(None)
         self._wake.set()
 
     def poke(self) -> None:
@@ -309,17 +386,19 @@ class ProfileRefresher:
         return self.valid_token(min_valid) or self.valid_token()
 
     async def run(self) -> None:
-        """Start fetches when due and keep every other deadline meanwhile: a fetch may
-        hang for the whole HTTP timeout, or its write on a slow disk, and the token it
-        replaces must still be retired (its files removed) on time."""
+        """Restore what an earlier run left, then start fetches when due and keep every
+        other deadline meanwhile: a fetch may hang for its whole timeout, or its write
+        on a slow disk, and the token it replaces must still be retired (its files
+        removed) on time."""
+        await self._restore()
         while not self._stopping:
-            now = clock.now()
+            now = clock.steady()
             if now >= self.next_attempt:
                 self._start_refresh()
             self._expire_if_due(now)
             self._expire_stale_files(now)
             if not self._writing:
-                self._repair_sinks(now)
+                self._repair_sinks()
             deadline = math.inf if self.refreshing else self.next_attempt
             if self.token is not None:
                 deadline = min(deadline, retire_at(self.token))
@@ -332,6 +411,62 @@ class ProfileRefresher:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- restart ----------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        """Serve a token an earlier run left in the json sink until the first fetch
+        replaces it, so a restart during an outage loses nothing, but only a token this
+        run can vouch for: well-formed, with a plausible remaining life (at most the
+        12 h Google issues), and minted from the credentials configured now (a login
+        as someone else while tokend was stopped must not serve the old identity).
+        Anything else a previous run left is removed: it may be expired, or another
+        identity's. The files and credentials are read in a thread."""
+        tok, why = await run_in_thread(self._previous_token)
+        if tok is not None:
+            self.token = tok
+            with self._files:
+                self._on_disk = {s.path: tok for s in self.sinks if s.exists()}
+            log.info(
+                "profile %s: serving token %s from the previous run until the first refresh",
+                self.name,
+                tok.fingerprint,
+            )
+            return
+        removed = await run_in_thread(lambda: [str(s.path) for s in self.sinks if self._remove(s)])
+        if removed:
+            log.info(
+                "profile %s: removed files an earlier run left (%s): %s",
+                self.name,
+                why,
+                ", ".join(removed),
+            )
+
+    def _previous_token(self) -> tuple[Token | None, str]:
+        """The earlier run's token and "", or None and why not (runs in a thread)."""
+        why = "no token file to check them against"
+        for sink in self.sinks:
+            if sink.format != "json":
+                continue
+            try:
+                data = json.loads(read_regular(sink.path))
+                tok = token_from_dict(data, wall=clock.now(), steady=clock.steady())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, UnicodeDecodeError) as err:
+                why = f"{sink.path}: {getattr(err, 'strerror', None) or err}"
+                continue
+            if tok.profile != self.name:
+                why = f"{sink.path} holds profile {tok.profile!r}"
+                continue
+            try:
+                current = self.source.credentials_id()
+            except (CredentialsError, OSError):
+                return None, "the credentials cannot be read to vouch for it"
+            if not tok.credentials_id or tok.credentials_id != current:
+                return None, "its token was minted from other credentials than the current ones"
+            return tok, ""
+        return None, why
 
     # -- internals ------------------------------------------------------------------
 
@@ -351,7 +486,7 @@ class ProfileRefresher:
             # Fetch errors are handled in _refresh_once; this is a bug. Back off rather
             # than retry in a hot loop, and keep running.
             log.error("profile %s: refresh crashed", self.name, exc_info=exc)
-            self.next_attempt = clock.now() + backoff(self.consecutive_failures, self.rng)
+            self.next_attempt = clock.steady() + backoff(self.consecutive_failures, self.rng)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -362,8 +497,14 @@ class ProfileRefresher:
         if previous not in (State.RETRYING, State.REAUTH_REQUIRED, State.EXPIRED):
             self.state = State.REFRESHING
             self._changed()
+        self._abandon = asyncio.get_running_loop().create_future()
         try:
-            tok = await run_in_thread(self.source.fetch)
+            tok = await fetch_within(self.source, self.source.timeout, self._abandon)
+        except _Resumed:
+            # Not a failure of the endpoint: the machine slept. Start over at once.
+            log.info("profile %s: resumed from suspend during a fetch; fetching again", self.name)
+            self.next_attempt = -math.inf
+            return None
         except RefreshError as err:
             self._failed(err.reason, str(err), retryable=err.retryable)
             return None
@@ -375,14 +516,16 @@ class ProfileRefresher:
             self._failed("internal_error", f"unexpected {type(err).__name__}", retryable=True)
             return None
         finally:
+            self._abandon = None
             self.attempted.set()
-        now = clock.now()
+        now = clock.steady()
         old = self.token
         self.token = tok
+        self._rewrite = False  # the new token's files state the current offset
         self.consecutive_failures = 0
         self.last_error = self.last_error_reason = ""
         self.last_refresh = now
-        self.next_attempt = next_refresh_at(tok.issued_at, tok.expires_at, self.rng)
+        self.next_attempt = next_refresh_at(tok.issued, tok.deadline, self.rng)
         self.state = State.FRESH
         if old is not None and old.account != tok.account:
             log.info(
@@ -404,7 +547,7 @@ class ProfileRefresher:
         return tok
 
     def _failed(self, reason: str, message: str, *, retryable: bool) -> None:
-        now = clock.now()
+        now = clock.steady()
         self.consecutive_failures += 1
         self.last_error, self.last_error_reason = message, reason
         if retryable:
@@ -487,18 +630,18 @@ class ProfileRefresher:
         """Write every sink (or only the missing ones), collecting errors into
         ``sink_error`` so status shows them and the run loop retries.
 
-        Runs in a thread after a fetch. The slow part (write, fsync) holds no lock; the
-        rename does, and is skipped once ``tok`` has retired (or we stopped), so the run
-        loop can retire the files' previous token on time while this write is stuck on a
-        slow disk."""
-        now = clock.now()
+        Runs in a thread. The slow part (write, fsync) holds no lock; the rename does,
+        and is skipped once ``tok`` has retired (or we stopped), so the run loop can
+        retire the files' previous token on time while this write is stuck on a slow
+        disk."""
+        now = clock.steady()
         errors = []
         for sink in self.sinks:
             if only_missing and not self.sink_error and sink.exists():
                 continue
             try:
                 with sink.stage(tok, now) as publish, self._files:
-                    if not self._stopping and clock.now() < retire_at(tok):
+                    if not self._stopping and clock.steady() < retire_at(tok):
                         publish()
                         self._on_disk[sink.path] = tok
             except OSError as err:
@@ -513,16 +656,32 @@ class ProfileRefresher:
         self.sink_error = error
 
     async def _write_sinks(self, tok: Token) -> None:
+        if self._repair is not None:
+            await asyncio.shield(self._repair)  # one writer at a time, in order
+        await self._write_in_thread(tok)
+
+    async def _write_in_thread(self, tok: Token, *, only_missing: bool = False) -> None:
         self._writing = True
         try:
-            await run_in_thread(lambda: self._write(tok))
+            await run_in_thread(lambda: self._write(tok, only_missing=only_missing))
         finally:
             self._writing = False
+            self._wake.set()
 
-    def _repair_sinks(self, now: float) -> None:
+    def _repair_sinks(self) -> None:
         """Rewrite sink files that were deleted or failed to write while the token is
-        valid. Synchronous on purpose: repairs are rare and cheap, and running them on
-        the loop keeps them ordered with refreshes."""
+        valid, or all of them after a wall-clock step. In a thread, like every write:
+        a slow disk must not stall the loop."""
         tok = self.valid_token()
-        if tok is not None and (self.sink_error or not all(s.exists() for s in self.sinks)):
-            self._write(tok, only_missing=True)
+        if tok is None or self._repair is not None:
+            return
+        rewrite = self._rewrite
+        if not (rewrite or self.sink_error or not all(s.exists() for s in self.sinks)):
+            return
+        self._rewrite = False
+        self._repair = asyncio.ensure_future(self._write_in_thread(tok, only_missing=not rewrite))
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._repair = None
+
+        self._repair.add_done_callback(done)

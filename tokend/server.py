@@ -338,7 +338,7 @@ class _Metrics:
         self._last[r.name] = (r.last_refresh, r.consecutive_failures)
 
     def collect(self) -> Iterator[Any]:
-        now = clock.now()
+        now = clock.steady()
         refreshes = CounterMetricFamily(
             "tokend_refreshes", "Successful token refreshes.", labels=["profile"]
         )
@@ -366,7 +366,7 @@ class _Metrics:
         )
         for name, r in sorted(self.daemon.refreshers.items()):
             tok = r.valid_token()
-            expiry.add_metric([name], max(0.0, tok.expires_at - now) if tok else 0.0)
+            expiry.add_metric([name], max(0.0, tok.expires_in(now)) if tok else 0.0)
             valid.add_metric([name], 1.0 if tok else 0.0)
             consecutive.add_metric([name], r.consecutive_failures)
         yield expiry
@@ -674,8 +674,8 @@ class SocketServer:
     def token_body(self, profile: str, tok: Token) -> bytes:
         # The body changes only with the token or the whole-second expires_in, so it is
         # serialized at most once per second per profile, not once per request.
-        now = clock.now()
-        expires_in = max(0, int(tok.expires_at - now))
+        now = clock.steady()
+        expires_in = max(0, int(tok.expires_in(now)))
         cached = self._bodies.get(profile)
         if cached is None or cached[0] is not tok or cached[1] != expires_in:
             cached = (tok, expires_in, json.dumps(tok.as_dict(now)).encode())

@@ -25,6 +25,7 @@ rest of the daemon must not have to know about google-auth:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -49,9 +50,10 @@ import google.auth.transport
 import google.auth.transport.requests
 import requests
 
-from tokend import clock
+from tokend import clock, wire
 from tokend.config import ProfileConfig
 from tokend.errors import CredentialsError, RefreshError
+from tokend.paths import read_regular
 from tokend.token import Token
 
 # google-auth ships py.typed but leaves most functions unannotated; each call to one
@@ -195,10 +197,18 @@ class Source:
         self.timeout = timeout
         self.credential_type = ""
         self.account = ""
+        #: Digest of what the loaded credentials were made from (see credentials_id()).
+        self._credentials_id = ""
         self._credentials: Any = None
         self._stale = False
         self._lock = threading.Lock()
         self._transport = _OneShotTransport(timeout)
+        #: Bumped by abandon(): a fetch that started under an older generation was given
+        #: up by its caller, and its late result must change nothing here.
+        self._generation = 0
+        #: An external_account's subject token file, which google-auth reads at every
+        #: refresh: checked first, so a FIFO there cannot block the fetch.
+        self._subject_file: Path | None = None
         self._file: Path | None = None  # the credentials file (None: metadata server)
         self._adc = profile.credentials == "adc"
         self._adc_explicit = False
@@ -231,6 +241,57 @@ class Source:
         network); a change that lands while a fetch is loading still counts."""
         self._stale = True
 
+    def abandon(self) -> None:
+        """The caller gave up on the fetch in flight (past its deadline, or started
+        before a suspend): the next :meth:`fetch` starts afresh, with newly loaded
+        credentials and a new HTTP session, instead of waiting for the stuck one.
+
+        Never blocks: the stuck call holds no lock while it waits on the network."""
+        with self._lock:
+            self._generation += 1
+            self._credentials = None
+            self._transport = _OneShotTransport(self.timeout)
+
+    def credentials_id(self) -> str:
+        """A digest of what the credentials are made from now: the credentials file's
+        bytes (or the metadata server's address) and the profile settings that shape a
+        token. Tokens carry the one they were minted with, so a restart adopts a token
+        from disk only for the same credentials. Reads the file (bounded, never
+        blocking); a digest of secret material reveals none of it.
+
+        Raises:
+            CredentialsError: the file is missing or unreadable.
+        """
+        path = self._file if self._uses_file() else None
+        return self._digest(b"" if path is None else self._read_file(path))
+
+    def _uses_file(self) -> bool:
+        if self._file is None:
+            return False
+        return not (self._adc and not self._adc_explicit and not self._file.exists() and _on_gce())
+
+    def _digest(self, file_bytes: bytes) -> str:
+        p = self.profile
+        settings = [
+            p.credentials,
+            str(self._file or ""),
+            *p.scopes,
+            p.impersonate,
+            p.token_uri,
+            p.iam_endpoint,
+            p.quota_project,
+        ]
+        if not self._uses_file():
+            env = google.auth.environment_vars
+            settings.append(
+                os.environ.get(env.GCE_METADATA_HOST) or os.environ.get(env.GCE_METADATA_ROOT) or ""
+            )
+        h = hashlib.sha256(b"tokend credentials v1\0")
+        h.update("\0".join(settings).encode())
+        h.update(b"\0")
+        h.update(file_bytes)
+        return h.hexdigest()[:16]
+
     def fetch(self) -> Token:
         """Load the credentials if needed and get a fresh token: one attempt, no retries.
 
@@ -248,27 +309,34 @@ class Source:
                 self._stale = False
                 self._credentials = None
                 self._credentials = self._load()
-            credentials = self._credentials
-            self._transport.reset()
-            started = time.monotonic()
-            try:
-                credentials.refresh(self._transport)
-            except _Abort as abort:
-                raise self._retryable(abort) from None
-            except Exception as exc:  # every failure is classified; none escapes raw
-                raise self._classify(exc) from None
+            credentials, transport = self._credentials, self._transport
+            generation, credentials_id = self._generation, self._credentials_id
+        if self._subject_file is not None:
+            self._check_subject_file(self._subject_file)
+        # The network part holds no lock, so abandon() never waits for it.
+        transport.reset()
+        started = time.monotonic()
+        try:
+            credentials.refresh(transport)
+        except _Abort as abort:
+            raise self._retryable(abort) from None
+        except Exception as exc:  # every failure is classified; none escapes raw
+            raise self._classify(exc, transport) from None
+        with self._lock:
+            if generation != self._generation:
+                raise RefreshError(
+                    "the fetch was abandoned by its caller", retryable=True, reason="abandoned"
+                )
             self.account = _account_of(credentials)
-            return self._token(credentials, time.monotonic() - started)
+            return self._token(credentials, time.monotonic() - started, credentials_id)
 
     # -- loading ----------------------------------------------------------------------
 
     def _load(self) -> Any:
-        if self._file is None:
+        if self._file is None or not self._uses_file():
+            # (ADC's last resort, as in google.auth.default(), is the metadata server.)
             self.credential_type = "metadata"
-            credentials = self._metadata_credentials()
-        elif self._adc and not self._adc_explicit and not self._file.exists() and _on_gce():
-            # ADC's last resort, as in google.auth.default(): the metadata server.
-            self.credential_type = "metadata"
+            self._credentials_id = self._digest(b"")
             credentials = self._metadata_credentials()
         else:
             credentials = self._file_credentials(self._file)
@@ -305,7 +373,12 @@ class Source:
         return google.auth.compute_engine.Credentials()  # type: ignore[no-untyped-call]
 
     def _file_credentials(self, path: Path) -> Any:
-        info = self._read_json(path)
+        data = self._read_file(path)
+        info = self._parse_json(path, data)
+        self._credentials_id = self._digest(data)
+        source = info.get("credential_source")
+        subject = source.get("file") if isinstance(source, dict) else None
+        self._subject_file = Path(subject) if isinstance(subject, str) and subject else None
         kind = info.get("type")
         if kind not in CREDENTIAL_TYPES:
             shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
@@ -344,8 +417,13 @@ class Source:
         return credentials
 
     def _read_json(self, path: Path) -> dict[str, Any]:
+        return self._parse_json(path, self._read_file(path))
+
+    def _read_file(self, path: Path) -> bytes:
+        """The credentials file's bytes: a regular file of at most 1 MiB, read without
+        blocking (a FIFO or a link to a device there is refused, not waited on)."""
         try:
-            text = path.read_bytes()
+            return read_regular(path)
         except FileNotFoundError:
             raise CredentialsError(
                 f"{path}: no such file; {self._fix()}",
@@ -356,7 +434,21 @@ class Source:
                 f"{path}: permission denied; make it readable by tokend's user (chmod 600 {path})"
             ) from None
         except OSError as err:
-            raise self._invalid(f"{path}: cannot read: {err.strerror}") from None
+            raise self._invalid(f"{path}: cannot read: {err.strerror}; {self._fix()}") from None
+
+    def _check_subject_file(self, path: Path) -> None:
+        """google-auth reads an external account's subject token file itself, at every
+        refresh, with a plain ``open``: check first that it is a regular file of sane
+        size, so a FIFO or a device there is an error instead of a fetch stuck forever."""
+        try:
+            read_regular(path)
+        except OSError as err:
+            raise self._invalid(
+                f"{path} (the subject token file the credentials name): "
+                f"{err.strerror or err}; {self._fix()}"
+            ) from None
+
+    def _parse_json(self, path: Path, text: bytes) -> dict[str, Any]:
         try:
             info = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -391,27 +483,46 @@ class Source:
 
     # -- results and errors -----------------------------------------------------------
 
-    def _token(self, credentials: Any, took: float) -> Token:
+    def _token(self, credentials: Any, took: float, credentials_id: str) -> Token:
+        """The answer as a :class:`Token`, after checking it: a token must be token68
+        (it ends up in files that shells source) and its lifetime plausible (an
+        ``expires_in`` of 0 would make a loop of refreshes, one of years a token that is
+        never replaced). A bad answer is a retryable ``bad_response``: never written."""
         token = credentials.token
         expiry = credentials.expiry
         if not isinstance(token, str) or not token or not isinstance(expiry, datetime):
-            raise RefreshError(
-                "the token endpoint answered without a token or expiry; retrying with backoff",
-                retryable=True,
-                reason="bad_response",
-            )
-        # google-auth keeps expiry as a naive datetime in UTC.
-        # google-auth adds expires_in to the time the answer *arrived*; the server counted
-        # from when it issued the token, up to `took` seconds earlier. Err on the early
-        # side so tokend never calls a token valid that Google already considers expired.
-        expires_at = expiry.replace(tzinfo=UTC).timestamp() - max(0.0, took)
-        return Token(
-            value=token,
-            expires_at=expires_at,
-            issued_at=clock.now(),
+            raise self._bad_response("without a token or expiry")
+        try:
+            wire.check_token(token)
+        except ValueError as err:
+            raise self._bad_response(f"with an unusable token ({err})") from None
+        wall, steady = clock.now(), clock.steady()
+        # google-auth keeps expiry as a naive datetime in UTC, computed by adding
+        # expires_in to the time the answer *arrived*; the server counted from when it
+        # issued the token, up to `took` seconds earlier. Err on the early side so
+        # tokend never calls a token valid that Google already considers expired.
+        expires_in = expiry.replace(tzinfo=UTC).timestamp() - wall - max(0.0, took)
+        try:
+            wire.check_lifetime(expires_in)
+        except ValueError as err:
+            raise self._bad_response(f"with an implausible expiry ({err})") from None
+        return Token.received(
+            token,
+            expires_in,
+            wall=wall,
+            steady=steady,
             profile=self.name,
             account=self.account,
             scopes=tuple(self.profile.scopes),
+            credentials_id=credentials_id,
+        )
+
+    def _bad_response(self, what: str) -> RefreshError:
+        host = self._transport.last.host if self._transport.last else "the token endpoint"
+        return RefreshError(
+            f"{host} answered {what}; retrying with backoff",
+            retryable=True,
+            reason="bad_response",
         )
 
     def _fix(self) -> str:
@@ -434,8 +545,10 @@ class Source:
             reason="unavailable" if response else "transport_error",
         )
 
-    def _classify(self, exc: Exception) -> RefreshError | CredentialsError:
-        last = self._transport.last
+    def _classify(
+        self, exc: Exception, transport: _OneShotTransport
+    ) -> RefreshError | CredentialsError:
+        last = transport.last
         if isinstance(exc, google.auth.exceptions.ReauthFailError):
             return CredentialsError(
                 f"reauthentication failed; {self._fix_reauth()}",

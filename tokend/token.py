@@ -1,18 +1,33 @@
 """The ``Token`` value type and its three file renderings (raw, json, env).
 
 stdlib-only, like :mod:`tokend.errors`: the client parses what this module writes.
+
+A token carries two expiries on purpose (see :mod:`tokend.clock`): ``deadline`` on the
+steady clock, which every validity check uses, and ``expires_at`` on the wall clock,
+which is what files and answers state. ``expires_at`` is always a whole second (the
+precision the files carry) and ``deadline`` is that same instant: so a file is never
+retired after the instant it states, and a reader judging it by its own ``expires_at``
+never sees a published token as expired. When the wall clock steps, :meth:`rebased`
+moves ``expires_at`` (and, by the rounding, ``deadline`` a fraction earlier, never
+later) and the files are rewritten.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokend import wire
 from tokend.timefmt import format_time, parse_time
 
 __all__ = ["Token", "token_from_dict"]
+
+#: See :meth:`Token.rebased`.
+REBASE_SLACK = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,15 +35,30 @@ class Token:
     """An access token and what is known about it.
 
     ``value`` never appears in ``repr``/``str``: they show :attr:`fingerprint`, a short
-    hash that is enough to tell two tokens apart in logs.
+    hash that is enough to tell two tokens apart in logs. Build one with
+    :meth:`received` (a fresh answer) or :func:`token_from_dict` (a file).
     """
 
     value: str = field(repr=False)
-    expires_at: float  #: epoch seconds
-    issued_at: float  #: epoch seconds, when tokend received it
+    expires_at: float  #: wall-clock epoch seconds, whole: what files and answers state
+    deadline: float  #: the same instant on :func:`tokend.clock.steady`
+    issued: float  #: :func:`tokend.clock.steady` when tokend received it
     profile: str = "default"
     account: str = ""  #: email of the identity, "" where google-auth does not know it
     scopes: tuple[str, ...] = ()
+    #: Which credentials minted it (:attr:`tokend.source.Source.credentials_id`), so a
+    #: restart can tell whether a token on disk belongs to the credentials configured now.
+    credentials_id: str = ""
+
+    @classmethod
+    def received(
+        cls, value: str, expires_in: float, *, wall: float, steady: float, **fields: Any
+    ) -> Token:
+        """A token that arrived at ``wall``/``steady`` with ``expires_in`` seconds to
+        live: ``expires_at`` is rounded down to the whole second (a token is never
+        believed to live longer than it does)."""
+        expires_at = float(math.floor(wall + expires_in))
+        return cls(value, expires_at, steady + (expires_at - wall), steady, **fields)
 
     def __repr__(self) -> str:
         return (
@@ -45,39 +75,52 @@ class Token:
 
     @property
     def lifetime(self) -> float:
-        """Seconds between receipt and expiry as issued."""
-        return max(0.0, self.expires_at - self.issued_at)
+        """Seconds between receipt and expiry."""
+        return max(0.0, self.deadline - self.issued)
 
-    def expires_in(self, now: float) -> float:
-        return self.expires_at - now
+    def expires_in(self, steady: float) -> float:
+        return self.deadline - steady
 
-    def is_valid(self, now: float, min_valid: float = 0.0) -> bool:
+    def is_valid(self, steady: float, min_valid: float = 0.0) -> bool:
         """True while more than ``min_valid`` seconds remain."""
-        return self.expires_at - now > min_valid
+        return self.deadline - steady > min_valid
+
+    def rebased(self, wall: float, steady: float) -> Token:
+        """This token with ``expires_at`` recomputed from the wall clock's offset to the
+        steady clock now (after a step): still whole seconds, still equal to
+        ``deadline``, which moves earlier by the rounding. (A step by whole seconds
+        keeps the second: within a millisecond of one, ``exact`` is float noise.)"""
+        exact = wall + (self.deadline - steady)
+        expires_at = float(math.floor(exact + REBASE_SLACK))
+        return dataclasses.replace(
+            self, expires_at=expires_at, deadline=self.deadline - (exact - expires_at)
+        )
 
     # -- renderings -----------------------------------------------------------------
 
-    def as_dict(self, now: float) -> dict[str, Any]:
+    def as_dict(self, steady: float) -> dict[str, Any]:
         """The ``/v1/token`` object (also the ``json`` file format)."""
         return {
             "access_token": self.value,
             "token_type": "Bearer",
             "expires_at": format_time(self.expires_at),
-            "expires_in": max(0, int(self.expires_at - now)),
+            "expires_in": max(0, int(self.deadline - steady)),
             "profile": self.profile,
             "account": self.account,
             "scopes": list(self.scopes),
+            "credentials_id": self.credentials_id,
         }
 
-    def render(self, fmt: str, now: float, base_url: str = "") -> bytes:
+    def render(self, fmt: str, steady: float, base_url: str = "") -> bytes:
         """Bytes of one file format: ``raw``, ``json`` or ``env``."""
         if fmt == "raw":
             return self.value.encode()
         if fmt == "json":
-            return (json.dumps(self.as_dict(now), indent=2) + "\n").encode()
+            return (json.dumps(self.as_dict(steady), indent=2) + "\n").encode()
         if fmt == "env":
             # No quotes and no spaces: the one dialect that systemd EnvironmentFile=,
-            # docker --env-file and `set -a; . file` all read the same way.
+            # docker --env-file and `set -a; . file` all read the same way (the value is
+            # token68, checked on arrival, so it needs none).
             # TOKEND_EXPIRES_AT is epoch seconds so a POSIX shell can compare it to
             # `date +%s` without parsing dates.
             lines = [f"OPENAI_API_KEY={self.value}"]
@@ -88,20 +131,33 @@ class Token:
         raise ValueError(f"unknown format {fmt!r}: must be raw, json or env")
 
 
-def token_from_dict(data: dict[str, Any], now: float) -> Token:
-    """Parse a ``/v1/token`` object (or ``json`` sink) back into a :class:`Token`.
+def token_from_dict(data: Any, *, wall: float, steady: float) -> Token:
+    """Parse a ``/v1/token`` object (a ``json`` sink) back into a :class:`Token`, trusting
+    nothing: the token must be token68 and its remaining life plausible (at most the
+    12 h Google issues). ``issued`` is unknown and set to ``steady``.
 
-    Raises ``ValueError``/``KeyError``/``TypeError`` on a malformed object.
+    Raises:
+        ValueError: a malformed object, a bad token or an implausible expiry (the message
+            never holds the token).
     """
-    value = data["access_token"]
-    if not isinstance(value, str) or not value:
-        raise ValueError("access_token must be a non-empty string")
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    value = wire.check_token(data.get("access_token"))
+    try:
+        expires_at = parse_time(str(data["expires_at"]))
+    except (KeyError, ValueError):
+        raise ValueError("expires_at is missing or not a time") from None
+    wire.check_lifetime(expires_at - wall)
     scopes = data.get("scopes") or ()
+    if not isinstance(scopes, list | tuple):
+        raise ValueError("scopes is not a list")
     return Token(
         value=value,
-        expires_at=parse_time(str(data["expires_at"])),
-        issued_at=now,
+        expires_at=float(math.floor(expires_at)),
+        deadline=steady + (math.floor(expires_at) - wall),
+        issued=steady,
         profile=str(data.get("profile") or "default"),
         account=str(data.get("account") or ""),
         scopes=tuple(str(s) for s in scopes),
+        credentials_id=str(data.get("credentials_id") or ""),
     )
