@@ -397,16 +397,25 @@ LATE_RETIREMENT = ("expired with no successor", "its successor was not written i
 
 
 def judge_reads(
-    fake: FakeGoogle, results: list[dict[str, Any]], margin: float, daemon_log: str
+    fake: FakeGoogle,
+    results: list[dict[str, Any]],
+    margin: float,
+    daemon_log: str,
+    *,
+    same_clock: bool = True,
 ) -> dict[str, Any]:
     """Merge reader results and check every token seen against FakeGoogle.
 
     Returns figures, including ``problems`` (empty when all held): partial reads,
     non-200 socket answers, tokens FakeGoogle never issued, tokens read with less than
-    ``margin`` seconds left, expiries claimed later than the real one, and missing files
-    unless ``daemon_log`` shows a late retirement that explains them (then they are
-    correct: no file may outlive its token). Warnings the daemon logged are included
-    when there is a problem, to tell a slow machine from a bug."""
+    ``margin`` seconds left, expiries claimed later than the real one, reads that began
+    after the expiry the file (or answer) itself states, and missing files unless
+    ``daemon_log`` shows a late retirement that explains them (then they are correct:
+    no file may outlive its token). Warnings the daemon logged are included when there
+    is a problem, to tell a slow machine from a bug.
+
+    ``same_clock=False``: the daemon's wall clock is faked, so what the files state is
+    not comparable with the readers' clock; those two checks are left to the caller."""
     reads: dict[str, int] = {}
     missing: dict[str, int] = {}
     partial: dict[str, int] = {}
@@ -430,7 +439,7 @@ def judge_reads(
         for tok, exp in r["claimed"].items():
             claimed[tok] = max(claimed.get(tok, 0.0), exp)
     problems: list[str] = []
-    unknown = expired = short = overclaimed = 0
+    unknown = expired = short = overclaimed = past_stated = 0
     least_left = float("inf")
     for tok, (t0, t1) in seen.items():
         real = fake.expires_at(tok)
@@ -442,8 +451,10 @@ def judge_reads(
         least_left = min(least_left, real - t0)
         if real - t0 < margin:
             short += 1
-        if claimed.get(tok, 0.0) > real + 1e-6:
+        if same_clock and claimed.get(tok, 0.0) > real + 1e-6:
             overclaimed += 1
+        if same_clock and tok in claimed and t0 >= claimed[tok]:
+            past_stated += 1
     if sum(partial.values()):
         problems.append(f"partial reads {partial} ({samples})")
     late = [line for line in daemon_log.splitlines() if any(m in line for m in LATE_RETIREMENT)]
@@ -459,6 +470,8 @@ def judge_reads(
         problems.append(f"{short} token(s) read with less than {margin:.2f}s left")
     if overclaimed:
         problems.append(f"{overclaimed} token(s) claimed to live longer than they do")
+    if past_stated:
+        problems.append(f"{past_stated} token(s) read after the expiry their file states")
     return {
         "reads": reads,
         "total_reads": sum(reads.values()),
@@ -467,6 +480,7 @@ def judge_reads(
         "socket_statuses": statuses,
         "distinct_tokens": len(seen),
         "least_seconds_left_at_read": round(least_left, 3),
+        "tokens_read_after_their_stated_expiry": past_stated,
         "late_retirements": len(late),
         "problems": problems,
         "daemon_warnings": [
@@ -546,3 +560,92 @@ def fill(directory: Path) -> Path:
 
 def remount(path: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+# -- the clocks of a tokend run ---------------------------------------------------------
+
+
+@dataclass
+class Clocks:
+    """Moves the clocks of the processes started with :meth:`env`, nobody else's.
+
+    - :meth:`step`: the wall clock only (libfaketime with
+      ``FAKETIME_DONT_FAKE_MONOTONIC=1``, its offset re-read from a file on every call),
+      as NTP or a person setting the time does.
+    - :meth:`suspend`: the wall clock and ``CLOCK_BOOTTIME`` together while
+      ``CLOCK_MONOTONIC`` stands still, as a suspend does (tests/clockshift.c, which also
+      keeps Python's ``time.sleep`` working under libfaketime).
+    """
+
+    shim: Path
+    faketime: Path
+    shift_file: Path
+    step_file: Path
+    stepped: float = 0.0
+    suspended: float = 0.0
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": f"{self.shim} {self.faketime}",
+            "CLOCKSHIFT_FILE": str(self.shift_file),
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_TIMESTAMP_FILE": str(self.step_file),
+            "FAKETIME_NO_CACHE": "1",
+        }
+
+    def step(self, seconds: float) -> None:
+        self.stepped += seconds
+        _replace(self.step_file, f"{self.stepped:+.3f}\n")
+
+    def suspend(self, seconds: float) -> None:
+        self.suspended += seconds
+        _replace(self.shift_file, f"{self.suspended:.3f}\n")
+
+    @property
+    def offset(self) -> float:
+        """How far the faked wall clock is from the real one."""
+        return self.stepped + self.suspended
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def clocks(directory: Path) -> Clocks:
+    """Build the shim (once per machine) and find libfaketime; skip where either is
+    missing, except in CI (``.ci/run`` installs faketime): there it is a failure."""
+    import glob
+    import hashlib
+
+    import pytest
+
+    def missing(what: str) -> Any:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is missing; .ci/run installs it")
+        pytest.skip(f"{what} is missing (apt-get install faketime gcc)")
+
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not libs:
+        missing("libfaketime")
+    source = Path(__file__).with_name("clockshift.c")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    shim = Path(f"/tmp/tokend-clockshift-{digest}.so")
+    if not shim.exists():
+        tmp = shim.with_name(f"{shim.name}.{os.getpid()}")
+        try:
+            out = subprocess.run(
+                ["cc", "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source), "-ldl"],
+                capture_output=True,
+                text=True,
+            )
+        except FileNotFoundError:
+            missing("a C compiler (cc)")
+        if out.returncode != 0:
+            missing(f"a working C compiler ({out.stderr.strip()[:200]})")
+        os.replace(tmp, shim)
+    c = Clocks(shim, Path(libs[-1]), directory / "suspended", directory / "stepped")
+    _replace(c.shift_file, "0\n")
+    _replace(c.step_file, "+0\n")
+    return c

@@ -49,7 +49,16 @@ _IAM_PREFIX = "/v1/projects/-/serviceAccounts/"
 _IAM_SUFFIX = ":generateAccessToken"
 _GARBAGE = b"<html><body>502 Bad Gateway (fake)</body></html>"
 
-Body = dict[str, Any] | str | bytes
+
+class _Trickle:
+    """A body the handler sends one byte every ``interval`` seconds."""
+
+    def __init__(self, data: bytes, interval: float) -> None:
+        self.data = data
+        self.interval = interval
+
+
+Body = dict[str, Any] | str | bytes | _Trickle
 Reply = tuple[int, Body]
 
 # -- service account keys ------------------------------------------------------------
@@ -165,6 +174,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: Body, headers: dict[str, str]) -> None:
+        if isinstance(payload, _Trickle):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload.data)))
+            self.end_headers()
+            self.wfile.flush()
+            stopping = self.server.owner._stopping
+            for i in range(len(payload.data)):
+                if stopping.wait(payload.interval):
+                    return
+                self.wfile.write(payload.data[i : i + 1])
+                self.wfile.flush()
+            return
         if isinstance(payload, dict):
             data = json.dumps(payload).encode()
             ctype = "application/json"
@@ -261,11 +283,20 @@ class _Base:
 
 
 class _Fault:
-    def __init__(self, kind: str, count: int | None, status: int = 0, seconds: float = 0.0):
-        self.kind = kind  # "fail" | "hang" | "garbage" | "invalid_grant"
+    def __init__(
+        self,
+        kind: str,
+        count: int | None,
+        status: int = 0,
+        seconds: float = 0.0,
+        value: Any = None,
+    ):
+        # "fail" | "hang" | "garbage" | "invalid_grant" | "trickle" | "token" | "expires_in"
+        self.kind = kind
         self.remaining = count  # None = until clear_faults()
         self.status = status
         self.seconds = seconds
+        self.value = value
 
 
 class FakeGoogle(_Base):
@@ -278,7 +309,8 @@ class FakeGoogle(_Base):
     Every token-issuing request (OAuth token endpoint, metadata token, IAM
     ``generateAccessToken``, STS) is counted in :attr:`calls`, :attr:`arrivals` and
     :attr:`call_log` and is subject to the fault knobs (:meth:`fail`, :meth:`hang`,
-    :meth:`garbage`, :meth:`invalid_grant`). :meth:`refuse` and :meth:`accept` close
+    :meth:`garbage`, :meth:`invalid_grant`, :meth:`trickle`, :meth:`bad_token`,
+    :meth:`bad_expires_in`). :meth:`refuse` and :meth:`accept` close
     and reopen the listening port (connection refused). Thread-safe.
     """
 
@@ -355,6 +387,25 @@ class FakeGoogle(_Base):
         """Answer 400 ``invalid_grant`` (what Google says to a revoked refresh token)."""
         with self._lock:
             self._fault = _Fault("invalid_grant", count)
+
+    def trickle(self, interval: float = 1.0, count: int | None = None) -> None:
+        """Answer correctly, but send the body one byte every ``interval`` seconds: each
+        read is quick, the whole answer takes minutes (a per-read timeout never fires)."""
+        with self._lock:
+            self._fault = _Fault("trickle", count, seconds=interval)
+
+    def bad_token(self, value: str, count: int | None = None) -> None:
+        """Answer 200 with ``value`` as the access token (a hostile or broken endpoint:
+        ``$(...)``, newlines, megabytes). The token is recorded as issued, so a scan for
+        secrets also looks for it."""
+        with self._lock:
+            self._fault = _Fault("token", count, value=value)
+
+    def bad_expires_in(self, seconds: float, count: int | None = None) -> None:
+        """Answer 200 with a new token whose ``expires_in`` is ``seconds`` (0, negative,
+        a century)."""
+        with self._lock:
+            self._fault = _Fault("expires_in", count, value=seconds)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -542,6 +593,18 @@ class FakeGoogle(_Base):
             }
         elif fault.kind == "garbage":
             status, body = 200, _GARBAGE
+        elif fault.kind == "trickle":
+            status, reply = handler()
+            data = json.dumps(reply).encode() if isinstance(reply, dict) else b""
+            body = _Trickle(data, fault.seconds)
+        elif fault.kind == "token":
+            with self._lock:
+                self.issued.append(str(fault.value))
+            status = 200
+            body = {"access_token": fault.value, "expires_in": 3600, "token_type": "Bearer"}
+        elif fault.kind == "expires_in":
+            status, reply = handler()
+            body = {**reply, "expires_in": fault.value} if isinstance(reply, dict) else reply
         else:
             status = 400
             body = {
