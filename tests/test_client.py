@@ -287,21 +287,6 @@ def test_broken_config_is_reported(short_tmp: Path, monkeypatch: pytest.MonkeyPa
         client.token()
 
 
-def test_default_runtime_dir_matches_platformdirs(
-    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The client computes the daemon's default without platformdirs; they must agree,
-    with and without a usable XDG_RUNTIME_DIR."""
-    from tokend.config import default_runtime_dir
-
-    xdg = short_tmp / "xdg"
-    xdg.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-    assert client._default_runtime_dirs()[0] == Path(default_runtime_dir())
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert Path(default_runtime_dir()) in client._default_runtime_dirs()
-
-
 # -- staying light ----------------------------------------------------------------------
 
 HEAVY = ("pydantic", "google.auth", "watchdog", "aiohttp")

@@ -6,8 +6,8 @@ missing or too close to expiry, the Unix socket is asked with ``min_valid``, whi
 the daemon refresh first. :class:`TokenUnavailable` says what to do when neither works.
 
 Paths come from ``TOKEND_RUNTIME_DIR`` / ``TOKEND_SOCKET``, the config file
-(``TOKEND_CONFIG`` or the platform default, read with :mod:`tomllib`) and the same
-platform defaults the daemon uses, computed here without importing platformdirs.
+(``TOKEND_CONFIG`` or the platform default, read with :mod:`tomllib`) and the
+defaults the daemon uses, from the same functions (:mod:`tokend.paths`, stdlib only).
 
 Use with the OpenAI SDK, which calls the key provider before every request::
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from tokend import wire
 from tokend.errors import TokenUnavailable
-from tokend.paths import read_regular
+from tokend.paths import default_config_path, default_runtime_dir, read_regular
 from tokend.timefmt import format_time, parse_time
 
 # What `tokend token` imports is most of what it costs (scripts/bench.py): typing,
@@ -50,7 +49,6 @@ __all__ = [
     "token_info_async",
 ]
 
-APP = "tokend"
 #: Seconds to wait for the daemon's answer (it may be refreshing, bounded by its own
 #: fetch timeout of at most 10 s by default).
 SOCKET_TIMEOUT = 15.0
@@ -149,39 +147,10 @@ def _info_from(data: Any) -> TokenInfo:
 # -- paths ------------------------------------------------------------------------------
 
 
-def _default_runtime_dirs() -> list[Path]:
-    """Where the daemon's platformdirs default may put the runtime dir, most likely
-    first (platformdirs' ``user_runtime_dir("tokend")``: XDG_RUNTIME_DIR when it is an
-    absolute path, else ``/run/user/$UID``, else ``$TMPDIR/runtime-$UID`` on Linux;
-    ``~/Library/Caches/TemporaryItems`` on macOS). platformdirs validates owner and
-    mode before it picks one; trying each where a file exists gives the same answer
-    without repeating those checks."""
-    uid = os.geteuid()
-    bases: list[str] = []
-    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
-    if xdg.startswith("/"):
-        bases.append(xdg)
-    if sys.platform == "darwin":
-        bases.append(os.path.expanduser("~/Library/Caches/TemporaryItems"))
-    else:
-        bases.append(f"/run/user/{uid}")
-        import tempfile  # only here: most calls never reach the fallback
-
-        bases.append(os.path.join(tempfile.gettempdir(), f"runtime-{uid}"))
-    return [Path(b) / APP for b in bases]
-
-
 def _config_path() -> Path:
     if os.environ.get("TOKEND_CONFIG"):
         return Path(os.environ["TOKEND_CONFIG"]).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME", "")
-    if xdg.startswith("/"):
-        base = xdg
-    elif sys.platform == "darwin":
-        base = os.path.expanduser("~/Library/Application Support")
-    else:
-        base = os.path.expanduser("~/.config")
-    return Path(base) / APP / "config.toml"
+    return default_config_path()
 
 
 _config_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
@@ -218,17 +187,15 @@ def _table(data: Any, *keys: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _runtime_dir(cfg: dict[str, Any], probe: str) -> Path:
+def _runtime_dir(cfg: dict[str, Any]) -> Path:
+    """The daemon's runtime dir: ``TOKEND_RUNTIME_DIR``, ``runtime_dir`` from the config
+    file, else the default the daemon computes with the very same function."""
     if os.environ.get("TOKEND_RUNTIME_DIR"):
         return Path(os.environ["TOKEND_RUNTIME_DIR"]).expanduser()
     configured = cfg.get("runtime_dir")
     if isinstance(configured, str) and configured:
         return Path(configured).expanduser()
-    candidates = _default_runtime_dirs()
-    for d in candidates:
-        if os.path.exists(d / probe):
-            return d
-    return candidates[0]
+    return default_runtime_dir()
 
 
 def token_file_path(profile: str = "default") -> Path | None:
@@ -246,10 +213,10 @@ def token_file_path(profile: str = "default") -> Path | None:
         for sink in sinks:
             if isinstance(sink, dict) and sink.get("format") == "json" and sink.get("path"):
                 path = Path(str(sink["path"])).expanduser()
-                return path if path.is_absolute() else _runtime_dir(cfg, str(path)) / path
+                return path if path.is_absolute() else _runtime_dir(cfg) / path
         return None
     name = "token.json" if profile == "default" else f"{profile}.token.json"
-    return _runtime_dir(cfg, name) / name
+    return _runtime_dir(cfg) / name
 
 
 def socket_path() -> Path | None:
@@ -262,7 +229,7 @@ def socket_path() -> Path | None:
     if not isinstance(configured, str) or not configured:
         return None
     path = Path(configured).expanduser()
-    return path if path.is_absolute() else _runtime_dir(cfg, configured) / path
+    return path if path.is_absolute() else _runtime_dir(cfg) / path
 
 
 def openai_base_url(profile: str = "default") -> str | None:

@@ -4,9 +4,10 @@ Nothing here touches the filesystem except :func:`load` reading the one file, an
 nothing resolves ``~`` or creates directories: that happens once, in the daemon.
 
 File lookup: ``--config PATH``, else ``$TOKEND_CONFIG``, else
-``platformdirs.user_config_dir("tokend")/config.toml``; a missing *default* file means
-"all defaults", a missing *named* file is an error. ``$TOKEND_RUNTIME_DIR`` overrides
-``runtime_dir``.
+:func:`tokend.paths.default_config_path` (``~/.config/tokend/config.toml``); a missing
+*default* file means "all defaults", a missing *named* file is an error.
+``$TOKEND_RUNTIME_DIR`` overrides ``runtime_dir``, whose default is
+:func:`tokend.paths.default_runtime_dir`, the same function clients use.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tokend.errors import ConfigError
-from tokend.paths import read_regular
+from tokend.paths import default_config_path, default_runtime_dir, read_regular
 
 __all__ = [
     "CLOUD_PLATFORM",
@@ -184,7 +183,7 @@ def _default_profiles() -> dict[str, ProfileConfig]:
 class Config(_Model):
     """The whole configuration. ``source`` names where it came from (for messages)."""
 
-    runtime_dir: str = ""  #: "" = platformdirs.user_runtime_dir("tokend")
+    runtime_dir: str = ""  #: "" = tokend.paths.default_runtime_dir()
     socket: SocketConfig = SocketConfig()
     profiles: dict[str, ProfileConfig] = Field(default_factory=_default_profiles)
     source: str = Field(default="<defaults>", exclude=True)
@@ -203,7 +202,9 @@ class Config(_Model):
 
     @property
     def runtime_path(self) -> Path:
-        return Path(self.runtime_dir or default_runtime_dir()).expanduser()
+        if self.runtime_dir:
+            return Path(self.runtime_dir).expanduser()
+        return default_runtime_dir()
 
     def sink_path(self, sink: SinkConfig) -> Path:
         return self.runtime_path / Path(sink.path).expanduser()
@@ -239,19 +240,6 @@ class Config(_Model):
                         "give each sink its own file"
                     )
                 seen[path] = where
-
-
-def default_runtime_dir() -> str:
-    # Without XDG_RUNTIME_DIR (cron, containers, su) platformdirs falls back to
-    # /tmp/runtime-$UID and warns; the daemon checks that directory's owner and mode
-    # like any other, so the fallback is safe and the warning is noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return platformdirs.user_runtime_dir("tokend")
-
-
-def default_config_path() -> Path:
-    return Path(platformdirs.user_config_dir("tokend")) / "config.toml"
 
 
 def resolve_config_path(

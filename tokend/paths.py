@@ -1,4 +1,8 @@
-"""Secure creation and checking of the directories tokend writes into.
+"""Where tokend keeps things, and secure creation and checking of those directories.
+
+Defaults: :func:`default_runtime_dir` and :func:`default_config_path` are computed here,
+stdlib only, for the daemon and the client alike (the client imports this module, so it
+stays light: no platformdirs, whose import alone costs a client's whole start-up budget).
 
 The runtime dir holds live tokens, so it is created with ``mkdir(mode=0o700)``: the
 mode is part of the creating system call, so there is no moment at which the directory
@@ -17,14 +21,23 @@ from pathlib import Path
 
 from tokend.errors import ConfigError, UnsafePathError
 
+# Kept off the client's import path (typing is imported by nothing else it loads).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = [
     "MAX_FILE_SIZE",
     "SUN_PATH_MAX",
     "check_sink_parent",
     "check_socket_path",
+    "default_config_path",
+    "default_runtime_dir",
     "ensure_private_dir",
     "read_regular",
 ]
+
+APP = "tokend"
 
 #: sizeof(sockaddr_un.sun_path) minus the terminating NUL.
 SUN_PATH_MAX = 103 if sys.platform == "darwin" else 107
@@ -32,6 +45,59 @@ SUN_PATH_MAX = 103 if sys.platform == "darwin" else 107
 
 #: Largest configuration, credentials or token file tokend reads: real ones are a few KiB.
 MAX_FILE_SIZE = 1 << 20
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+
+def default_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The runtime dir when none is configured: the one answer daemon and clients share.
+
+    Linux: ``$XDG_RUNTIME_DIR`` when it is an absolute path; else ``/run/user/$UID``
+    when that is an existing directory of ours; else ``$TMPDIR`` (or ``/tmp``)
+    ``/runtime-$UID``. macOS: ``~/Library/Caches/TemporaryItems``. Then ``tokend``.
+    That is platformdirs' ``user_runtime_dir`` for every ordinary setup (a test pins
+    it) without importing it; where platformdirs would silently move elsewhere (an
+    ``XDG_RUNTIME_DIR`` it dislikes, a fallback someone else created) the daemon's
+    checks refuse with the reason instead. Nothing is created here.
+    """
+    env = os.environ if env is None else env
+    if sys.platform == "darwin":
+        return Path(os.path.expanduser("~/Library/Caches/TemporaryItems"), APP)
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg.startswith("/"):
+        return Path(xdg, APP)
+    uid = os.geteuid()
+    run_user = f"/run/user/{uid}"
+    try:
+        st = os.stat(run_user)
+    except OSError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            return Path(run_user, APP)
+    tmp = env.get("TMPDIR", "")
+    # A predictable name in a shared /tmp: the daemon checks it before any use.
+    base = tmp if tmp.startswith("/") else "/tmp"  # noqa: S108
+    return Path(base, f"runtime-{uid}", APP)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME`` (when absolute) else ``~/.config`` (macOS ``~/Library/
+    Application Support``), then ``tokend/config.toml``. ``$TOKEND_CONFIG`` and
+    ``--config`` come first; their callers handle them."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if xdg.startswith("/"):
+        base = xdg
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        base = os.path.expanduser("~/.config")
+    return Path(base, APP, "config.toml")
+
+
+# -- reading and checking ---------------------------------------------------------------
 
 
 def read_regular(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> bytes:
