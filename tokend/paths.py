@@ -1,14 +1,38 @@
-"""Where tokend keeps things, and secure creation and checking of those directories.
+"""Where tokend keeps things, and the trust checks on every directory it writes into.
 
 Defaults: :func:`default_runtime_dir` and :func:`default_config_path` are computed here,
 stdlib only, for the daemon and the client alike (the client imports this module, so it
 stays light: no platformdirs, whose import alone costs a client's whole start-up budget).
 
-The runtime dir holds live tokens, so it is created with ``mkdir(mode=0o700)``: the
-mode is part of the creating system call, so there is no moment at which the directory
-exists with the umask's looser bits (a ``chmod`` afterwards would leave that window).
-An existing directory is never "fixed" silently: if it is not ours or is open to others,
-someone else may already hold a handle in it, so we refuse and say how to repair it.
+Trust: a directory is only as safe as its ancestors. If another user can rename an
+ancestor (it is writable by others and not sticky, or simply theirs), she can swap what
+lies below it, for example put a symlink to her own directory where the runtime dir was,
+at any moment while tokend runs. So :func:`open_dir` walks from ``/`` one component at a
+time, ``openat(parent, name, O_DIRECTORY|O_NOFOLLOW)`` and ``fstat`` on what was actually
+opened (OpenSSH ``safe_path()``, systemd ``chase(CHASE_SAFE)``), and hands back a
+descriptor of the checked directory. Writers use that descriptor (``dir_fd=``), never
+the path again, and walk again at every write: a swap after start-up finds them refusing,
+not writing into someone else's directory. Rules, for every ancestor:
+
+- owned by root or by us;
+- writable by group or others only with the sticky bit (``/tmp``), and then the next
+  component must be ours or root's (a sticky dir stops others renaming *our* entries);
+- a symlink is followed only if root or we own it (it sits in a directory that passed
+  these checks), at most 40 of them: ``/var -> private/var`` on macOS, a symlinked home.
+
+And for the directory itself, by :data:`DirPolicy`: ``private`` (the runtime dir and the
+directories inside it: ours, no group/other bits, never a symlink), ``shared`` (a
+socket's directory that allowed uids traverse: ours, writable by nobody else, never a
+symlink), ``protected`` (the directory of an absolute sink elsewhere: ours or root's,
+writable by nobody else).
+
+Missing directories are created ``mkdir(name, mode, dir_fd=parent)`` during the same
+walk: the mode is part of the creating system call, so there is no moment at which a
+runtime dir exists with the umask's looser bits (a ``chmod`` afterwards would leave that
+window). An existing directory is never "fixed" silently: if it is not ours or is open to
+others, someone else may already hold a handle in it, so we refuse, in one line that
+names the path and the fix; for a directory that is not the user's own the fix is to use
+another location, never to change it.
 """
 
 from __future__ import annotations
@@ -25,15 +49,25 @@ from tokend.errors import ConfigError, UnsafePathError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Literal
+
+    #: What the directory itself must be (the module docstring says each rule).
+    DirPolicy = Literal["private", "shared", "protected"]
 
 __all__ = [
     "MAX_FILE_SIZE",
+    "RUNTIME_ELSEWHERE",
+    "SINK_ELSEWHERE",
+    "SOCKET_ELSEWHERE",
     "SUN_PATH_MAX",
     "check_sink_parent",
     "check_socket_path",
     "default_config_path",
     "default_runtime_dir",
     "ensure_private_dir",
+    "ensure_shared_dir",
+    "is_within",
+    "open_dir",
     "read_regular",
 ]
 
@@ -42,9 +76,21 @@ APP = "tokend"
 #: sizeof(sockaddr_un.sun_path) minus the terminating NUL.
 SUN_PATH_MAX = 103 if sys.platform == "darwin" else 107
 
-
 #: Largest configuration, credentials or token file tokend reads: real ones are a few KiB.
 MAX_FILE_SIZE = 1 << 20
+
+#: The fix when a location is not the user's to change, per kind of path.
+RUNTIME_ELSEWHERE = "use a directory of your own (runtime_dir / TOKEND_RUNTIME_DIR)"
+SINK_ELSEWHERE = "write sinks into a directory of your own, or use a path inside runtime_dir"
+SOCKET_ELSEWHERE = "put socket.path in a directory of your own"
+
+#: Symlinks followed in one walk before giving up (Linux's MAXSYMLINKS).
+MAX_SYMLINKS = 40
+
+# Ancestors need only be searched; O_PATH opens a directory we may not read (0711) and
+# gives a descriptor good for *at() calls and fstat. Elsewhere O_RDONLY does the job.
+_O_SEARCH = getattr(os, "O_PATH", os.O_RDONLY)
+_O_DIR = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # -- defaults ---------------------------------------------------------------------------
@@ -77,7 +123,8 @@ def default_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
         if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
             return Path(run_user, APP)
     tmp = env.get("TMPDIR", "")
-    # A predictable name in a shared /tmp: the daemon checks it before any use.
+    # The predictable name in a shared /tmp is safe because the walk checks it: a
+    # runtime-$UID someone else made there is refused with its owner's name.
     base = tmp if tmp.startswith("/") else "/tmp"  # noqa: S108
     return Path(base, f"runtime-{uid}", APP)
 
@@ -97,10 +144,23 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(base, APP, "config.toml")
 
 
-# -- reading and checking ---------------------------------------------------------------
+def is_within(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``directory`` or below it, judged on the names alone
+    (absolute, ``.`` and ``..`` folded; symlinks are not looked at)."""
+    p, d = os.path.abspath(path), os.path.abspath(directory)
+    return p == d or p.startswith(d.rstrip("/") + "/")
 
 
-def read_regular(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> bytes:
+# -- reading ----------------------------------------------------------------------------
+
+
+def read_regular(
+    path: str | os.PathLike[str],
+    limit: int = MAX_FILE_SIZE,
+    *,
+    dir_fd: int | None = None,
+    follow_symlinks: bool = True,
+) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, read without blocking.
 
     The path may come from another program (gcloud, an editor, a sync tool) or an
@@ -109,12 +169,19 @@ def read_regular(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> by
     ``O_NONBLOCK`` (a FIFO opens at once, and is then refused), checked with ``fstat``
     on the descriptor actually opened, and read up to one byte past ``limit``.
 
+    Args:
+        dir_fd: open ``path`` relative to this directory descriptor (see :func:`open_dir`).
+        follow_symlinks: False opens with ``O_NOFOLLOW``: a symlink is an error (ELOOP).
+
     Raises:
         OSError: cannot be opened, or (``strerror`` says which) is not a regular file or
             is larger than ``limit``. ``FileNotFoundError`` and ``PermissionError``
             stay what they are, so callers can give their own advice.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -136,65 +203,270 @@ def read_regular(path: str | os.PathLike[str], limit: int = MAX_FILE_SIZE) -> by
         os.close(fd)
 
 
+# -- the checked walk -------------------------------------------------------------------
+
+
+def _unsafe(message: str) -> UnsafePathError:
+    err = UnsafePathError(message)
+    # Callers that report an OSError by its ``strerror`` (sink writes) show the whole
+    # reason. (No ``errno``: ``str()`` would grow an "[Errno 13]" prefix.)
+    err.strerror = message
+    return err
+
+
 def _mode(st: os.stat_result) -> str:
     return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with mode 0700, or check an existing one.
+def _who(uid: int) -> str:
+    import pwd  # only on the way to an error message
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _split(path: str) -> list[str]:
+    return [part for part in path.split("/") if part and part != "."]
+
+
+def _others_write(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+class _Walk:
+    """One walk from ``/`` to ``path``; :meth:`run` returns the checked directory fd."""
+
+    def __init__(
+        self, path: str, policy: DirPolicy, create_mode: int | None, elsewhere: str
+    ) -> None:
+        self.path = path
+        self.policy = policy
+        self.create_mode = create_mode
+        self.elsewhere = elsewhere
+        self.uid = os.geteuid()
+        self.trusted = {0, self.uid}
+        #: (fd, path, stat) of the directories walked so far; ``..`` pops one.
+        self.stack: list[tuple[int, str, os.stat_result]] = []
+        self.links = 0
+
+    def run(self) -> int:
+        try:
+            return self._walk()
+        finally:
+            for fd, _, _ in self.stack:
+                os.close(fd)
+
+    def _walk(self) -> int:
+        fd = os.open("/", _O_SEARCH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self.stack.append((fd, "/", st))
+        if st.st_uid not in self.trusted:
+            raise _unsafe(f"/: owned by {_who(st.st_uid)}, not by root; {self.elsewhere}")
+        pending = _split(self.path)
+        races = 0
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                if len(self.stack) > 1:
+                    os.close(self.stack.pop()[0])
+                continue
+            parent_fd, parent, parent_st = self.stack[-1]
+            here = os.path.join(parent, name)
+            last = not pending
+            # Before anything is created or opened in it: could others swap ``here``?
+            self._check_parent_mode(parent, parent_st, here)
+            try:
+                fd = os.open(name, _O_SEARCH | _O_DIR, dir_fd=parent_fd)
+            except FileNotFoundError:
+                if self.create_mode is None or races > 3:
+                    raise FileNotFoundError(errno.ENOENT, "No such directory", here) from None
+                fd = self._create(name, parent_fd, self.create_mode)
+                if fd < 0:  # someone else created it first: check theirs like any other
+                    races += 1
+                    pending.insert(0, name)
+                    continue
+            except OSError as err:
+                if err.errno not in (errno.ENOTDIR, errno.ELOOP, errno.EACCES):
+                    raise
+                try:
+                    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                except PermissionError:  # we may not search the parent itself
+                    raise self._cannot_enter(parent, parent_st) from None
+                if err.errno == errno.EACCES:
+                    self._check_step(parent, parent_st, here, st, last=True)
+                    raise self._cannot_enter(here, st) from None
+                if not stat.S_ISLNK(st.st_mode):
+                    fix = "move it away" if st.st_uid == self.uid else self.elsewhere
+                    raise _unsafe(f"{here}: exists and is not a directory; {fix}") from None
+                pending[:0] = self._follow(name, here, last, st)
+                continue
+            st = os.fstat(fd)
+            self.stack.append((fd, here, st))
+            self._check_step(parent, parent_st, here, st, last)
+        return self._finish()
+
+    def _create(self, name: str, parent_fd: int, mode: int) -> int:
+        """mkdir ``name`` at ``mode``; its fd, or -1 if it appeared meanwhile."""
+        try:
+            os.mkdir(name, mode, dir_fd=parent_fd)
+        except FileExistsError:
+            return -1
+        fd = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=parent_fd)
+        # The umask may have taken bits the mode asks for (0711 under umask 077): give
+        # them back. It only ever narrowed the mode, so nothing was open meanwhile.
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+        return fd
+
+    def _cannot_enter(self, where: str, st: os.stat_result) -> UnsafePathError:
+        owner = "" if st.st_uid == self.uid else f", owned by {_who(st.st_uid)}"
+        fix = f"fix: chmod u+rwx {where}" if st.st_uid == self.uid else self.elsewhere
+        return _unsafe(f"{where}: cannot enter it (mode {_mode(st)}{owner}); {fix}")
+
+    def _follow(self, name: str, here: str, last: bool, st: os.stat_result) -> list[str]:
+        """The components symlink ``here`` stands for, once it is safe to follow: it
+        sits in the directory on top of the stack, checked already."""
+        parent_fd = self.stack[-1][0]
+        if last and self.policy != "protected":
+            fix = f"rm {here}" if st.st_uid == self.uid else self.elsewhere
+            raise _unsafe(f"{here}: is a symlink; tokend needs a real directory there: {fix}")
+        if st.st_uid not in self.trusted:
+            raise _unsafe(
+                f"{here}: a symlink owned by {_who(st.st_uid)}; tokend follows only "
+                f"links owned by you or root; {self.elsewhere}"
+            )
+        self.links += 1
+        if self.links > MAX_SYMLINKS:
+            raise _unsafe(f"{self.path}: more than {MAX_SYMLINKS} symlinks on the way")
+        target = os.readlink(name, dir_fd=parent_fd)
+        if target.startswith("/"):
+            while len(self.stack) > 1:
+                os.close(self.stack.pop()[0])
+        return _split(target)
+
+    def _check_parent_mode(self, parent: str, parent_st: os.stat_result, here: str) -> None:
+        if _others_write(parent_st) and not parent_st.st_mode & stat.S_ISVTX:
+            fix = f"fix: chmod go-w {parent}, or {self.elsewhere}"
+            if parent_st.st_uid != self.uid:
+                fix = self.elsewhere
+            raise _unsafe(
+                f"{parent}: mode {_mode(parent_st)} is group/world writable without the "
+                f"sticky bit, so others could swap {here} for their own; {fix}"
+            )
+
+    def _check_step(
+        self, parent: str, parent_st: os.stat_result, here: str, st: os.stat_result, last: bool
+    ) -> None:
+        """The move from ``parent`` into ``here``: safe if nobody else could have put
+        ``here`` there or swap it later (the parent's mode is checked already)."""
+        if st.st_uid in self.trusted:
+            return
+        if _others_write(parent_st):
+            raise _unsafe(
+                f"{here}: owned by {_who(st.st_uid)}, not by us (uid {self.uid}), in the "
+                f"shared directory {parent}; {self.elsewhere}"
+            )
+        if not last:
+            raise _unsafe(
+                f"{here}: owned by {_who(st.st_uid)}, who could swap what is below it "
+                f"({self.path}); {self.elsewhere}"
+            )
+
+    def _finish(self) -> int:
+        fd, where, st = self.stack[-1]
+        mine = st.st_uid == self.uid
+        if self.policy == "protected":
+            if st.st_uid not in self.trusted:
+                raise _unsafe(f"{where}: owned by {_who(st.st_uid)}; {self.elsewhere}")
+            if _others_write(st):
+                fix = f"fix: chmod go-w {where}, or {self.elsewhere}" if mine else self.elsewhere
+                raise _unsafe(
+                    f"{where}: mode {_mode(st)} is group/world writable, so others could "
+                    f"replace the files in it; {fix}"
+                )
+        else:
+            if not mine:
+                raise _unsafe(
+                    f"{where}: owned by {_who(st.st_uid)}, not by us (uid {self.uid}); "
+                    f"{self.elsewhere}"
+                )
+            if self.policy == "private" and stat.S_IMODE(st.st_mode) & 0o077:
+                raise _unsafe(f"{where}: mode {_mode(st)} lets others in; fix: chmod 700 {where}")
+            if self.policy == "shared" and _others_write(st):
+                raise _unsafe(
+                    f"{where}: mode {_mode(st)} lets others write in it; fix: chmod 711 {where}"
+                )
+        if _O_SEARCH == os.O_RDONLY:
+            self.stack.pop()
+            return fd
+        # An O_PATH descriptor cannot be fsync-ed; the same directory, opened for reading.
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+
+
+def open_dir(
+    path: str | os.PathLike[str],
+    policy: DirPolicy = "private",
+    *,
+    create_mode: int | None = None,
+    elsewhere: str = RUNTIME_ELSEWHERE,
+) -> int:
+    """Walk to directory ``path`` checking every step (see the module docstring) and
+    return a descriptor of it (``O_RDONLY``, close-on-exec; the caller closes it).
+
+    Args:
+        path: the directory; a relative one is taken from the working directory.
+        policy: what the directory itself must be: ``private``, ``shared``, ``protected``.
+        create_mode: create missing components with this mode (``None``: do not).
+        elsewhere: the fix to give when a location is not the user's to change.
 
     Raises:
-        UnsafePathError: it exists but is not a directory, is a symlink, is owned by
-            another user, or has group/other permission bits. The message has the fix.
+        UnsafePathError: a step or the directory fails a check; one line with the fix.
+        FileNotFoundError: a component is missing (and ``create_mode`` is None).
+        OSError: anything else the system says.
     """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        missing: list[Path] = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                pass  # a concurrent creator: checked below like any existing dir
-        st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise UnsafePathError(
-            f"{path}: is a symlink; tokend needs a real directory there: rm {path}"
-        )
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafePathError(f"{path}: exists and is not a directory; move it away")
-    if st.st_uid != os.getuid():
-        raise UnsafePathError(
-            f"{path}: owned by uid {st.st_uid}, not by us (uid {os.getuid()}); "
-            f"use a directory of your own (runtime_dir / TOKEND_RUNTIME_DIR)"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise UnsafePathError(f"{path}: mode {_mode(st)} lets others in; fix: chmod 700 {path}")
+    return _Walk(os.path.abspath(path), policy, create_mode, elsewhere).run()
+
+
+def ensure_private_dir(path: Path, *, elsewhere: str = RUNTIME_ELSEWHERE) -> None:
+    """Create ``path`` (and missing parents) with mode 0700, or check an existing one,
+    ancestors included.
+
+    Raises:
+        UnsafePathError: it, or the way to it, is not safe (see the module docstring):
+            it is a symlink or not a directory, is not ours, has group/other bits, or an
+            ancestor could be swapped by another user. The message has the fix.
+    """
+    os.close(open_dir(path, "private", create_mode=0o700, elsewhere=elsewhere))
+
+
+def ensure_shared_dir(path: Path, *, elsewhere: str = SOCKET_ELSEWHERE) -> None:
+    """Create ``path`` (and missing parents) with mode 0711, or check an existing one:
+    ours, not a symlink, writable by nobody else; others may traverse it (the directory
+    of a socket that ``socket.allow_uids`` may use). Ancestors are checked as for
+    :func:`ensure_private_dir`.
+
+    Raises:
+        UnsafePathError: as :func:`ensure_private_dir`, with ``chmod 711`` as the fix.
+    """
+    os.close(open_dir(path, "shared", create_mode=0o711, elsewhere=elsewhere))
 
 
 def check_sink_parent(path: Path) -> None:
     """An absolute sink path outside the runtime dir must sit in a directory that only
-    its owner (us or root) can write to, or another user could swap files under us."""
+    its owner (us or root) can write to, reached through ancestors nobody else can swap,
+    or another user could replace files under us. Nothing is created.
+
+    Raises:
+        UnsafePathError: it is missing or not safe; the message has the fix.
+    """
     parent = path.parent
     try:
-        st = os.stat(parent)
+        fd = open_dir(parent, "protected", elsewhere=SINK_ELSEWHERE)
     except FileNotFoundError:
-        raise UnsafePathError(
-            f"{parent}: does not exist; create it (mkdir -m 700 {parent})"
-        ) from None
-    if st.st_uid not in (os.getuid(), 0):
-        raise UnsafePathError(
-            f"{parent}: owned by uid {st.st_uid}; write sinks into your own directory"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o022:
-        raise UnsafePathError(
-            f"{parent}: mode {_mode(st)} is group/world writable, so others could replace "
-            f"{path.name}; fix: chmod go-w {parent}, or use a path inside runtime_dir"
-        )
+        raise _unsafe(f"{parent}: does not exist; create it (mkdir -m 700 {parent})") from None
+    os.close(fd)
 
 
 def check_socket_path(path: Path) -> None:
