@@ -1,5 +1,5 @@
-"""The checked walk (tokend.paths.open_dir), and the one default runtime dir and config
-path that daemon and clients share."""
+"""The checked walk (tokend.paths.open_dir) and the writes that go through it, and the
+one default runtime dir that daemon and clients share."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import pytest
 
 from tokend import paths
 from tokend.errors import UnsafePathError
+from tokend.sinks import FileSink, staged, sweep_temp_files
+from tokend.token import Token
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root to chown to another uid")
@@ -243,6 +245,85 @@ def test_nothing_is_created_below_a_refused_ancestor(base: Path) -> None:
     with pytest.raises(UnsafePathError):
         paths.ensure_private_dir(loose / "a" / "rt")
     assert os.listdir(loose) == []
+
+
+# -- writes through the checked descriptor --------------------------------------------
+
+
+def tok() -> Token:
+    return Token.received("ya29.v", 3600, wall=1e9, steady=0.0)
+
+
+def test_write_is_refused_once_an_ancestor_is_loosened(base: Path) -> None:
+    """Checked at every write, not only at start: the write raises (an OSError, which
+    the refresher reports as a sink error and retries), nothing lands anywhere, and a
+    refused directory holds nothing as far as ``exists`` says."""
+    parent = mkdir(base / "p", 0o755)
+    rt = mkdir(parent / "rt", 0o700)
+    sink = FileSink(rt / "token")
+    sink.write(tok(), 0.0)
+    assert sink.exists() and (rt / "token").read_bytes() == b"ya29.v"
+    parent.chmod(0o777)
+    with pytest.raises(UnsafePathError) as exc:
+        sink.write(tok(), 0.0)
+    assert isinstance(exc.value, PermissionError) and exc.value.strerror == str(exc.value)
+    assert not sink.exists()
+    with pytest.raises(UnsafePathError):
+        sink.remove()
+    assert os.listdir(rt) == ["token"]
+
+
+def test_swapped_directory_gets_nothing(base: Path) -> None:
+    """The runtime dir is renamed away and a symlink to someone else's directory put
+    in its place: a write staged before the swap lands in the directory that was checked
+    (it moved), the next one is refused, and her directory stays empty."""
+    rt = mkdir(base / "rt", 0o700)
+    hers = mkdir(base / "hers", 0o777)
+    sink = FileSink(rt / "token")
+    with sink.stage(tok(), 0.0) as publish:
+        os.rename(rt, base / "moved")
+        (base / "rt").symlink_to(hers)
+        publish()
+    assert (base / "moved" / "token").read_bytes() == b"ya29.v"
+    with pytest.raises(UnsafePathError, match="is a symlink"):
+        sink.write(tok(), 0.0)
+    assert not sink.exists()
+    assert os.listdir(hers) == []
+
+
+def test_absolute_sink_elsewhere_uses_the_protected_rule(base: Path) -> None:
+    shared = mkdir(base / "srv", 0o755)
+    sink = FileSink(shared / "token", private=False)
+    sink.write(tok(), 0.0)
+    assert sink.read() == b"ya29.v"
+    assert FileSink(shared / "token").exists() is False  # 0755 is not private
+    assert sink.remove() and not sink.remove()
+
+
+def test_read_refuses_a_symlink_in_place_of_the_file(base: Path) -> None:
+    rt = mkdir(base / "rt", 0o700)
+    (base / "secret").write_text("not a token")
+    (rt / "token.json").symlink_to(base / "secret")
+    with pytest.raises(OSError):
+        FileSink(rt / "token.json", "json").read()
+
+
+def test_staged_and_sweep_go_through_the_descriptor(base: Path) -> None:
+    rt = mkdir(base / "rt", 0o700)
+    with staged(rt / "token", b"new", 0o600, private=True) as publish:
+        (tmp,) = os.listdir(rt)
+        assert ".tokend-tmp-" in tmp
+        publish()
+    (rt / ".token.tokend-tmp-dead").write_text("x")
+    (rt / "keep").write_text("x")
+    assert sweep_temp_files(rt, private=True) == 1
+    assert sorted(os.listdir(rt)) == ["keep", "token"]
+    assert sweep_temp_files(base / "missing") == 0
+    loose = mkdir(base / "g", 0o777)
+    (loose / ".token.tokend-tmp-x").write_text("x")
+    with pytest.raises(UnsafePathError):
+        sweep_temp_files(loose)
+    assert os.listdir(loose) == [".token.tokend-tmp-x"]
 
 
 # -- the default runtime dir, one answer for daemon and client ---------------------------

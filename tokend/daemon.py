@@ -21,7 +21,7 @@ from typing import Any
 from tokend import clock
 from tokend.config import Config, ProfileConfig, load
 from tokend.errors import ConfigError, CredentialsError, RefreshError
-from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir
+from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir, is_within
 from tokend.refresher import ProfileRefresher, fetch_within, run_in_thread
 from tokend.server import SocketServer, refuse_if_served
 from tokend.service.notify import ServiceLink, describe
@@ -78,26 +78,33 @@ def harden_process() -> None:
 
 
 def prepare_paths(config: Config) -> None:
-    """Check every path before anything is written: runtime dir (created 0700), parents
-    of absolute sinks outside it, the socket path length."""
+    """Check every path before anything is written: the runtime dir (created 0700) and
+    the way to it, the directories of sinks inside it (created 0700) and of absolute
+    sinks outside it (which must exist), the socket path length. The same checks run
+    again at every write (:mod:`tokend.sinks`); here they make a bad start fail at once,
+    with one line and exit 2."""
     runtime = config.runtime_path
     ensure_private_dir(runtime)
     for name, profile in config.profiles.items():
         for sink in profile.effective_sinks(name):
             path = config.sink_path(sink)
-            if runtime not in path.parents:
+            if not is_within(path.parent, runtime):
                 check_sink_parent(path)
-            elif path.parent != runtime:
+            elif not is_within(runtime, path.parent):  # a directory inside the runtime dir
                 ensure_private_dir(path.parent)
     if config.socket_path is not None:
         check_socket_path(config.socket_path)
 
 
 def make_sinks(config: Config, name: str, profile: ProfileConfig) -> list[FileSink]:
-    return [
-        FileSink(config.sink_path(s), s.format, s.mode, profile.base_url)
-        for s in profile.effective_sinks(name)
-    ]
+    """The profile's sinks; those inside the runtime dir insist on a private directory."""
+    runtime = config.runtime_path
+    sinks = []
+    for s in profile.effective_sinks(name):
+        path = config.sink_path(s)
+        private = is_within(path, runtime)
+        sinks.append(FileSink(path, s.format, s.mode, profile.base_url, private=private))
+    return sinks
 
 
 class Daemon:
