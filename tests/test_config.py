@@ -38,7 +38,7 @@ def test_every_key(tmp_path: Path) -> None:
         """
 runtime_dir = "/tmp/x/tokend"
 [socket]
-path = "s.sock"
+path = "/tmp/tokend-x/s.sock"
 allow_uids = [1001, 1002]
 [profiles.work]
 credentials = "/etc/creds.json"
@@ -57,7 +57,7 @@ mode = "0640"
 """,
     )
     assert cfg.runtime_path == Path("/tmp/x/tokend")
-    assert cfg.socket_path == Path("/tmp/x/tokend/s.sock")
+    assert cfg.socket_path == Path("/tmp/tokend-x/s.sock")
     assert cfg.socket.allow_uids == (1001, 1002)
     work = cfg.profiles["work"]
     assert work.scopes == ("a", "b")
@@ -178,3 +178,131 @@ def test_relative_credentials_are_relative_to_the_config_file(tmp_path: Path) ->
     assert cfg.profile("a").credentials == str(tmp_path / "keys" / "sa.json")
     assert cfg.profiles["a"].credentials == "keys/sa.json"  # the model itself is untouched
     assert cfg.profile("b").credentials == "adc"
+
+
+# -- sink and socket paths, judged by their names ----------------------------------------
+
+
+def _sinks(*paths: str) -> str:
+    return "".join(f'[[profiles.default.sinks]]\npath = "{p}"\n' for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            _sinks("../x"),
+            'profiles.default.sinks[0].path: ../x: ".." is not allowed in a sink path; '
+            'name a file inside runtime_dir, or give an absolute path without ".."',
+        ),
+        (
+            _sinks("token", "/tmp/../etc/t"),
+            'profiles.default.sinks[1].path: /tmp/../etc/t: ".." is not allowed in a sink '
+            'path; name a file inside runtime_dir, or give an absolute path without ".."',
+        ),
+        (
+            _sinks("token", "./token"),
+            "profiles.default.sinks[1].path: {rt}/token is also written by "
+            "profiles.default.sinks[0]; give each sink its own file",
+        ),
+        (
+            _sinks("a/b", "{rt}/a//b"),
+            "profiles.default.sinks[1].path: {rt}/a/b is also written by "
+            "profiles.default.sinks[0]; give each sink its own file",
+        ),
+        (
+            _sinks("token.json", "tokend.sock"),
+            "profiles.default.sinks[1].path: {rt}/tokend.sock is the socket (socket.path); "
+            "give the sink another file name",
+        ),
+        (
+            '[socket]\npath = "{rt}/s"\n' + _sinks("./s"),
+            "profiles.default.sinks[0].path: {rt}/s is the socket (socket.path); "
+            "give the sink another file name",
+        ),
+        (
+            _sinks("."),
+            "profiles.default.sinks[0].path: {rt} is the runtime dir itself; name a file "
+            'inside runtime_dir, such as "token"',
+        ),
+        (
+            _sinks("{rt}/"),
+            "profiles.default.sinks[0].path: {rt} is the runtime dir itself; name a file "
+            'inside runtime_dir, such as "token"',
+        ),
+        (
+            _sinks("sub/token", "sub"),
+            "profiles.default.sinks[1].path: {rt}/sub and profiles.default.sinks[0] "
+            "({rt}/sub/token) would need one of them to be a directory; give each its own file",
+        ),
+    ],
+)
+def test_sink_paths_that_leave_or_alias_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """`..` would write outside the runtime dir; an alias of the socket or of another
+    sink would replace the listening socket, or make two sinks fight over one file."""
+    rt = tmp_path / "rt"
+    with pytest.raises(ConfigError) as exc:
+        load_text(tmp_path, text.replace("{rt}", str(rt)), env={"TOKEND_RUNTIME_DIR": str(rt)})
+    assert str(exc.value) == f"{tmp_path / 'config.toml'}: " + message.replace("{rt}", str(rt))
+
+
+def test_absolute_sinks_outside_and_distinct_paths_are_fine(tmp_path: Path) -> None:
+    rt = tmp_path / "rt"
+    cfg = load_text(
+        tmp_path,
+        _sinks("token", "sub/token", "/srv/x/token", "tokend.sock.txt"),
+        env={"TOKEND_RUNTIME_DIR": str(rt)},
+    )
+    assert [cfg.sink_path(s) for s in cfg.profiles["default"].effective_sinks("default")] == [
+        rt / "token",
+        rt / "sub" / "token",
+        Path("/srv/x/token"),
+        rt / "tokend.sock.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    "socket_path", ["tokend.sock", "{rt}/tokend.sock", "{xdg}/tokend.sock", ""]
+)
+def test_allow_uids_needs_a_socket_others_can_reach(tmp_path: Path, socket_path: str) -> None:
+    """Other users can never enter the 0700 runtime dir (nor $XDG_RUNTIME_DIR), so an
+    allowed uid could never connect to a socket there."""
+    import os
+    import pwd
+
+    rt, xdg = tmp_path / "rt", tmp_path / "xdg"
+    path = socket_path.replace("{rt}", str(rt)).replace("{xdg}", str(xdg))
+    text = f'[socket]\npath = "{path}"\nallow_uids = [1001]\n'
+    env = {"TOKEND_RUNTIME_DIR": str(rt), "XDG_RUNTIME_DIR": str(xdg)}
+    with pytest.raises(ConfigError) as exc:
+        load_text(tmp_path, text, env=env)
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert str(exc.value) == (
+        f"{tmp_path / 'config.toml'}: socket.allow_uids: other users cannot enter runtime_dir "
+        "(mode 0700) nor $XDG_RUNTIME_DIR, so they could never reach the socket; set "
+        "socket.path to an absolute path outside them, for example "
+        f'"/tmp/tokend-{me}/tokend.sock"'
+    )
+    ok = load_text(
+        tmp_path, '[socket]\npath = "/tmp/tokend-x/s.sock"\nallow_uids = [1001]\n', env=env
+    )
+    assert ok.socket_path == Path("/tmp/tokend-x/s.sock")
+
+
+def test_bad_sink_path_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(_sinks("../escaped"))
+    runtime = tmp_path / "rt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokend", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "TOKEND_RUNTIME_DIR": str(runtime)},
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert f'{cfg}: profiles.default.sinks[0].path: ../escaped: ".." is not allowed' in proc.stderr
+    assert not runtime.exists() and not (tmp_path / "escaped").exists()

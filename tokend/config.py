@@ -8,6 +8,11 @@ File lookup: ``--config PATH``, else ``$TOKEND_CONFIG``, else
 *default* file means "all defaults", a missing *named* file is an error.
 ``$TOKEND_RUNTIME_DIR`` overrides ``runtime_dir``, whose default is
 :func:`tokend.paths.default_runtime_dir`, the same function clients use.
+
+Paths are judged here by their names alone (no filesystem access): a sink path with a
+``..`` component, or one naming the runtime dir, the socket or another sink once
+normalised, is a configuration error. Whether the directories are safe is checked
+where they are used (:mod:`tokend.paths`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from tokend.errors import ConfigError
-from tokend.paths import default_config_path, default_runtime_dir, read_regular
+from tokend.paths import default_config_path, default_runtime_dir, is_within, read_regular
 
 __all__ = [
     "CLOUD_PLATFORM",
@@ -69,6 +74,18 @@ class SinkConfig(_Model):
     path: str = Field(min_length=1)  #: relative paths live inside runtime_dir
     format: SinkFormat = "raw"
     mode: Mode = 0o600
+
+    @field_validator("path")
+    @classmethod
+    def _no_dotdot(cls, v: str) -> str:
+        # "../x" would write outside the runtime dir, into a directory tokend never
+        # created nor checks as private; an absolute path says where it goes plainly.
+        if ".." in PurePosixPath(v).parts:
+            raise ValueError(
+                f'{v}: ".." is not allowed in a sink path; name a file inside runtime_dir, '
+                'or give an absolute path without ".."'
+            )
+        return v
 
 
 class OpenAIConfig(_Model):
@@ -228,18 +245,76 @@ class Config(_Model):
         return pc.model_copy(update={"credentials": str(path)})
 
     def validate_sinks(self) -> None:
-        """Two sinks writing one file would fight; refuse that at load time."""
-        seen: dict[Path, str] = {}
+        """Every sink names a file of its own: not the runtime dir, not the socket, not
+        another sink's file or directory, compared after normalisation (``./token`` is
+        ``token``, an absolute path into the runtime dir is its relative twin). Two
+        sinks would fight over one file, and a sink on the socket's path would replace
+        the listening socket with a regular file at the first write."""
+        runtime = os.path.abspath(self.runtime_path)
+        taken: list[tuple[str, str]] = []  # (normalised path, what it is)
+        if self.socket_path is not None:
+            taken.append((os.path.abspath(self.socket_path), "the socket (socket.path)"))
         for name, profile in self.profiles.items():
             for i, sink in enumerate(profile.effective_sinks(name)):
                 where = f"profiles.{name}.sinks[{i}]"
-                path = self.sink_path(sink)
-                if path in seen:
+                path = os.path.abspath(self.sink_path(sink))
+                if is_within(runtime, path):
+                    what = "the runtime dir itself" if path == runtime else "above runtime_dir"
                     raise ConfigError(
-                        f"{self.source}: {where}.path: {path} is also written by {seen[path]}; "
-                        "give each sink its own file"
+                        f"{self.source}: {where}.path: {path} is {what}; "
+                        'name a file inside runtime_dir, such as "token"'
                     )
-                seen[path] = where
+                for other, label in taken:
+                    clash = _clash(path, other, label)
+                    if clash:
+                        raise ConfigError(f"{self.source}: {where}.path: {clash}")
+                taken.append((path, where))
+
+    def validate_socket(self, env: Mapping[str, str] | None = None) -> None:
+        """``socket.allow_uids`` is useful only with a socket others can reach: outside
+        the runtime dir (always 0700) and ``$XDG_RUNTIME_DIR`` (0700 on every systemd
+        system), which an allowed uid could never enter."""
+        if not self.socket.allow_uids:
+            return
+        env = os.environ if env is None else env
+        sock = self.socket_path
+        closed = [self.runtime_path]
+        if env.get("XDG_RUNTIME_DIR", "").startswith("/"):
+            closed.append(Path(env["XDG_RUNTIME_DIR"]))
+        if (
+            sock is None
+            or not Path(self.socket.path).expanduser().is_absolute()
+            or any(is_within(sock, d) for d in closed)
+        ):
+            raise ConfigError(
+                f"{self.source}: socket.allow_uids: other users cannot enter runtime_dir "
+                "(mode 0700) nor $XDG_RUNTIME_DIR, so they could never reach the socket; "
+                "set socket.path to an absolute path outside them, for example "
+                f'"/tmp/tokend-{_user_name()}/tokend.sock"'
+            )
+
+
+def _clash(path: str, other: str, label: str) -> str:
+    """Why a sink at ``path`` cannot coexist with ``label`` at ``other`` ("" if it can)."""
+    if path == other:
+        if label.startswith("profiles."):
+            return f"{path} is also written by {label}; give each sink its own file"
+        return f"{path} is {label}; give the sink another file name"
+    if is_within(path, other) or is_within(other, path):
+        return (
+            f"{path} and {label} ({other}) would need one of them to be a directory; "
+            "give each its own file"
+        )
+    return ""
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def resolve_config_path(
@@ -293,6 +368,7 @@ def parse(
     except ValidationError as err:
         raise _first_error(source, err) from None
     cfg.validate_sinks()
+    cfg.validate_socket(env)
     return cfg
 
 
