@@ -564,3 +564,22 @@ def test_doctor_on_a_broken_setup(short_tmp: Path, home: Home) -> None:
     report = json.loads(r.stdout)
     assert report["ok"] is False
     assert {c["name"]: c["status"] for c in report["checks"]} == status
+
+
+def test_doctor_names_an_unsafe_ancestor_of_the_runtime_dir(short_tmp: Path) -> None:
+    """The runtime dir is fine (0700, ours) but its parent is world writable without the
+    sticky bit: doctor fails it as tokend run would, with the daemon's fix."""
+    from tokend import doctor
+
+    parent = short_tmp / "pub"
+    parent.mkdir()
+    parent.chmod(0o777)
+    runtime = parent / "rt"
+    runtime.mkdir(mode=0o700)
+    check = doctor._runtime_dir(runtime)
+    assert (check.status, check.detail) == (
+        "FAIL",
+        f"{parent}: mode 0777 is group/world writable without the sticky bit, so others "
+        f"could swap {runtime} for their own",
+    )
+    assert check.fix.startswith(f"chmod go-w {parent}, or use a directory of your own")

@@ -101,24 +101,20 @@ def _credentials(name: str, profile: Any, live: dict[str, Any]) -> Check:
 
 
 def _runtime_dir(path: Path) -> Check:
+    from tokend.errors import UnsafePathError
+    from tokend.paths import open_dir
+
     try:
-        st = os.lstat(path)
+        os.close(open_dir(path, "private"))  # the daemon's own checks, ancestors included
     except FileNotFoundError:
         return Check(
             "runtime", "WARN", f"{path} does not exist yet", "start tokend; it creates it 0700"
         )
-    mode = stat.S_IMODE(st.st_mode)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        return Check("runtime", "FAIL", f"{path} is not a directory", f"rm {path}")
-    if st.st_uid != os.getuid():
-        return Check(
-            "runtime",
-            "FAIL",
-            f"{path} is owned by uid {st.st_uid}, not {os.getuid()}",
-            "set runtime_dir / TOKEND_RUNTIME_DIR to a directory of your own",
-        )
-    if mode & 0o077:
-        return Check("runtime", "FAIL", f"{path} has mode {mode:04o}", f"chmod 700 {path}")
+    except UnsafePathError as err:
+        what, _, fix = str(err).rpartition("; ")
+        return Check("runtime", "FAIL", what or fix, fix.removeprefix("fix: ") if what else "")
+    except OSError as err:
+        return Check("runtime", "FAIL", f"{path}: {err.strerror or err}")
     loose = []
     for entry in path.iterdir():
         with contextlib.suppress(OSError):  # it may vanish in a rotation while we look
