@@ -16,25 +16,24 @@ _tokend_env() {
     if [ -n "${TOKEND_RUNTIME_DIR:-}" ]; then
         _tokend_dir=$TOKEND_RUNTIME_DIR
     else
-        # The daemon's default (platformdirs' user_runtime_dir), first match wins.
+        # The daemon's default, by the same rule as tokend.paths.default_runtime_dir:
+        # $XDG_RUNTIME_DIR if absolute; macOS ~/Library/Caches/TemporaryItems;
+        # /run/user/$UID if it is our directory; else ${TMPDIR:-/tmp}/runtime-$UID.
         _tokend_uid=$(id -u)
-        _tokend_dir=
-        for _tokend_base in "${XDG_RUNTIME_DIR:-}" "$HOME/Library/Caches/TemporaryItems" \
-            "/run/user/$_tokend_uid" "${TMPDIR:-/tmp}/runtime-$_tokend_uid" \
-            "/tmp/runtime-$_tokend_uid"; do
-            case $_tokend_base in /*) ;; *) continue ;; esac
-            _tokend_base=${_tokend_base%/}
-            if [ -d "$_tokend_base/tokend" ]; then
-                _tokend_dir=$_tokend_base/tokend
-                break
-            fi
-        done
-        if [ -z "$_tokend_dir" ]; then
-            echo "tokend-env.sh: no tokend runtime directory found; start tokend" \
-                "(systemctl --user start tokend, or tokend run) or set TOKEND_RUNTIME_DIR" >&2
-            unset _tokend_uid _tokend_dir _tokend_base
-            return 1
-        fi
+        case ${XDG_RUNTIME_DIR:-} in
+            /*) _tokend_base=$XDG_RUNTIME_DIR ;;
+            *)
+                if [ "$(uname -s)" = Darwin ]; then
+                    _tokend_base=$HOME/Library/Caches/TemporaryItems
+                elif [ -d "/run/user/$_tokend_uid" ] && [ -O "/run/user/$_tokend_uid" ]; then
+                    _tokend_base=/run/user/$_tokend_uid
+                else
+                    case ${TMPDIR:-} in /*) _tokend_base=$TMPDIR ;; *) _tokend_base=/tmp ;; esac
+                    _tokend_base=${_tokend_base%/}/runtime-$_tokend_uid
+                fi
+                ;;
+        esac
+        _tokend_dir=${_tokend_base%/}/tokend
     fi
     case ${TOKEND_PROFILE:-default} in
         default) _tokend_file=$_tokend_dir/openai.env ;;

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import terminate, wait_for
+from tests.conftest import ROOT, terminate, wait_for
 from tests.reliability_util import assert_no_secrets, get, profile_status, report, tokend_env
 from tokend.testing import FakeGoogle
 
@@ -379,7 +379,7 @@ def test_client_and_daemon_agree_without_xdg_runtime_dir(
     """1. XDG_RUNTIME_DIR and TOKEND_RUNTIME_DIR unset; TMPDIR points to a fresh dir.
     2. Before the daemon starts, a client process names the socket and token file.
     3. The daemon starts and says which runtime dir it uses; the client's names are
-       in it, and ``tokend token`` gets the token.
+       in it, and ``tokend token`` and ``. scripts/tokend-env.sh`` get the token.
     4. After the daemon stops, ``tokend status`` names the same socket."""
     tmp = short_tmp / "t"
     tmp.mkdir(mode=0o700)
@@ -406,6 +406,13 @@ def test_client_and_daemon_agree_without_xdg_runtime_dir(
             text=True,
             timeout=30,
         )
+        shim = subprocess.run(
+            ["sh", "-c", f'. "{ROOT}/scripts/tokend-env.sh" && printf %s "$OPENAI_API_KEY"'],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         d.stop()
     status = subprocess.run(
         [sys.executable, "-m", "tokend", "status"],
@@ -420,10 +427,12 @@ def test_client_and_daemon_agree_without_xdg_runtime_dir(
         "client_before_start": before,
         "client_while_running": during,
         "token_exit_code": got.returncode,
+        "tokend_env_sh": [shim.returncode, shim.stderr.strip()],
         "status_names_daemon_socket": expected[0] in status.stderr + status.stdout,
     }
     report("paths[client and daemon agree]", **figures)
     assert runtime == tmp / f"runtime-{os.geteuid()}" / "tokend", figures
     assert before == during == expected, figures
     assert got.returncode == 0 and fake.is_valid(got.stdout.strip()), figures
+    assert shim.returncode == 0 and shim.stdout == got.stdout.strip(), figures
     assert figures["status_names_daemon_socket"], (status.stdout, status.stderr)

@@ -243,7 +243,7 @@ class Daemon:
             if not first and same_dir and self._profile_cfgs.get(name) == pc
         }
         drop = [n for n in self.refreshers if n not in keep]
-        old_sinks = {s.path for n in drop for s in self.refreshers[n].sinks}
+        old_sinks = {s.path: s for n in drop for s in self.refreshers[n].sinks}
         self._drop_refreshers(drop)
         self.config = config
         new_sink_paths: set[Path] = set()
@@ -262,10 +262,12 @@ class Daemon:
             self._tasks[name] = asyncio.ensure_future(refresher.run())
         # Files of profiles that no longer exist (or moved) would otherwise outlive
         # their token: nobody would remove them at expiry.
-        for path in old_sinks - new_sink_paths:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                log.info("removed %s (its profile was removed or changed)", path)
+        for path in old_sinks.keys() - new_sink_paths:
+            try:
+                if old_sinks[path].remove():  # through its checked directory
+                    log.info("removed %s (its profile was removed or changed)", path)
+            except OSError as err:
+                log.error("cannot remove %s: %s", path, err.strerror or err)
 
     def reload(self) -> None:
         """Re-read the configuration (SIGHUP, the file changed), in a task: the file is

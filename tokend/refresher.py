@@ -24,7 +24,6 @@ from typing import Any, Protocol, TypeVar
 
 from tokend import clock
 from tokend.errors import CredentialsError, RefreshError
-from tokend.paths import read_regular
 from tokend.sinks import FileSink
 from tokend.timefmt import format_time
 from tokend.token import Token, token_from_dict
@@ -449,7 +448,7 @@ class ProfileRefresher:
             if sink.format != "json":
                 continue
             try:
-                data = json.loads(read_regular(sink.path))
+                data = json.loads(sink.read())  # through its checked directory
                 tok = token_from_dict(data, wall=clock.now(), steady=clock.steady())
             except FileNotFoundError:
                 continue
