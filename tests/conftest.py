@@ -52,7 +52,7 @@ def _no_thread_leaks() -> Iterator[None]:
         leaked = [
             t
             for t in set(threading.enumerate()) - before
-            if t.is_alive() and not t.name.startswith(("tokend-fetch", "asyncio_"))
+            if t.is_alive() and not t.name.startswith(("tokend-", "asyncio_"))
         ]
         if not leaked or time.monotonic() > deadline:
             break

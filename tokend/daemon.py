@@ -22,11 +22,12 @@ from tokend import clock
 from tokend.config import Config, ProfileConfig, load
 from tokend.errors import ConfigError, CredentialsError, RefreshError
 from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir, is_within
-from tokend.refresher import ProfileRefresher, fetch_within, run_in_thread
+from tokend.refresher import ProfileRefresher, fetch_within
 from tokend.server import SocketServer, refuse_if_served
 from tokend.service.notify import ServiceLink, describe
 from tokend.sinks import FileSink, sweep_temp_files
 from tokend.source import Source
+from tokend.threads import run_in_thread
 from tokend.watch import Watcher
 
 __all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]

@@ -16,15 +16,15 @@ import json
 import logging
 import math
 import random
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from tokend import clock
 from tokend.errors import CredentialsError, RefreshError
-from tokend.sinks import FileSink
+from tokend.sinks import FileSink, SinkSet
+from tokend.threads import in_thread, run_in_thread
 from tokend.timefmt import format_time
 from tokend.token import Token, token_from_dict
 
@@ -158,48 +158,6 @@ class Snapshot:
         }
 
 
-T = TypeVar("T")
-
-
-async def run_in_thread(fn: Callable[[], T]) -> T:
-    """Run a blocking call on a daemon thread and wait for it."""
-    return await in_thread(fn)
-
-
-def in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """Start a blocking call on a daemon thread; the future settles on the loop.
-
-    Not the loop's default executor: its threads are joined at interpreter exit, so a
-    fetch stuck on a slow network would hold up shutdown. A daemon thread is simply
-    abandoned (cancelling the future does that); its socket timeout ends it soon after.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if fut.done():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-
-    def target() -> None:
-        ok: bool
-        value: Any
-        try:
-            ok, value = True, fn()
-        except BaseException as exc:  # delivered to the awaiting task
-            ok, value = False, exc
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:
-            pass  # the loop closed while we were working: nobody waits any more
-
-    threading.Thread(target=target, name="tokend-fetch", daemon=True).start()
-    return fut
-
-
 class _Resumed(Exception):
     """The machine was suspended while a fetch was in flight (see fetch_within)."""
 
@@ -219,7 +177,7 @@ async def fetch_within(
         RefreshError: the fetch failed, or did not finish in time (``timeout``).
         CredentialsError: see :meth:`tokend.source.Source.fetch`.
     """
-    fetch = in_thread(source.fetch)
+    fetch = in_thread(source.fetch, "tokend-fetch")
     waiters: set[asyncio.Future[Any]] = {fetch} if abandon is None else {fetch, abandon}
     await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if fetch.done():
@@ -236,10 +194,11 @@ async def fetch_within(
 
 
 class ProfileRefresher:
-    """Keeps one profile's token fresh and its sinks in step.
+    """Keeps one profile's token fresh, and its files (a :class:`~tokend.sinks.SinkSet`)
+    in step with it.
 
     One task (:meth:`run`) first restores a verifiable token an earlier run left on
-    disk, then sleeps until the next deadline (refresh, retry, expiry or a sink repair)
+    disk, then sleeps until the next deadline (refresh, retry, expiry or a file repair)
     or until woken. Every fetch goes through :meth:`refresh`, which shares one
     in-flight fetch among all callers, so concurrent demands never stampede Google.
     All instants here are on :func:`tokend.clock.steady`.
@@ -256,7 +215,7 @@ class ProfileRefresher:
     ) -> None:
         self.name = name
         self.source = source
-        self.sinks = tuple(sinks)
+        self.files = SinkSet(name, sinks, retire_at)
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self.on_change = on_change
         self.token: Token | None = None
@@ -266,29 +225,22 @@ class ProfileRefresher:
         self.last_error_reason = ""
         self.last_refresh: float | None = None
         self.next_attempt: float = -math.inf  # fetch at once
-        self.sink_error = ""
-        #: The token each sink file holds as far as we know: after a failed write it is
-        #: older than ``token`` and must go when *it* retires.
-        self._on_disk: dict[Path, Token] = {}
         self.attempted = asyncio.Event()  # set once the first attempt has finished
         self._wake = asyncio.Event()
         self._inflight: asyncio.Future[Token | None] | None = None
         #: Settled to give up on the fetch in flight (the machine was suspended).
         self._abandon: asyncio.Future[None] | None = None
-        #: Sink files are being written in a thread (after a fetch, or a repair): no
-        #: other write starts until it is done (its end wakes the loop).
-        self._writing = False
-        self._repair: asyncio.Task[None] | None = None
-        #: Rewrite every sink (the wall clock stepped: the files state the wrong time).
+        #: Rewrite every file (the wall clock stepped: they state the wrong time).
         self._rewrite = False
-        #: Held by whoever renames a sink file into place or removes one, and for
-        #: ``_on_disk``: the sink thread and the loop both do.
-        self._files = threading.Lock()
         #: refresh_soon() was called while a fetch was in flight.
         self._again = False
         self._stopping = False
 
     # -- public ---------------------------------------------------------------------
+
+    @property
+    def sinks(self) -> tuple[FileSink, ...]:
+        return self.files.sinks
 
     def snapshot(self) -> Snapshot:
         tok = self.token
@@ -309,8 +261,8 @@ class ProfileRefresher:
             last_refresh=wall(self.last_refresh),
             next_refresh=wall(self.next_attempt),
             consecutive_failures=self.consecutive_failures,
-            last_error=self.sink_error or self.last_error,
-            last_error_reason="sink_write_failed" if self.sink_error else self.last_error_reason,
+            last_error=self.files.error or self.last_error,
+            last_error_reason="sink_write_failed" if self.files.error else self.last_error_reason,
             fingerprint=tok.fingerprint if tok else "",
         )
 
@@ -362,8 +314,8 @@ class ProfileRefresher:
     def stop(self) -> None:
         """End :meth:`run`. A write still in flight publishes nothing after this: the
         daemon may be about to remove this profile's files (reload, profile dropped)."""
-        with self._files:
-            self._stopping = True
+        self.files.close()
+        self._stopping = True
         self._wake.set()
 
     async def refresh(self) -> Token | None:
@@ -395,16 +347,13 @@ class ProfileRefresher:
             if now >= self.next_attempt:
                 self._start_refresh()
             self._expire_if_due(now)
-            self._expire_stale_files(now)
-            if not self._writing:
-                self._repair_sinks()
+            self.files.remove_stale(now)
+            self._repair_files()
             deadline = math.inf if self.refreshing else self.next_attempt
             if self.token is not None:
                 deadline = min(deadline, retire_at(self.token))
-            with self._files:
-                for on_disk in self._on_disk.values():
-                    deadline = min(deadline, retire_at(on_disk))
-            if self.sink_error and not self._writing:
+            deadline = min(deadline, *self.files.deadlines(), math.inf)
+            if self.files.error and not self.files.writing:
                 deadline = min(deadline, now + SINK_RETRY)
             timeout = None if math.isinf(deadline) else max(0.0, deadline - now)
             self._wake.clear()
@@ -424,15 +373,14 @@ class ProfileRefresher:
         tok, why = await run_in_thread(self._previous_token)
         if tok is not None:
             self.token = tok
-            with self._files:
-                self._on_disk = {s.path: tok for s in self.sinks if s.exists()}
+            self.files.adopt(tok)
             log.info(
                 "profile %s: serving token %s from the previous run until the first refresh",
                 self.name,
                 tok.fingerprint,
             )
             return
-        removed = await run_in_thread(lambda: [str(s.path) for s in self.sinks if self._remove(s)])
+        removed = await run_in_thread(self.files.remove_all)
         if removed:
             log.info(
                 "profile %s: removed files an earlier run left (%s): %s",
@@ -444,16 +392,11 @@ class ProfileRefresher:
     def _previous_token(self) -> tuple[Token | None, str]:
         """The earlier run's token and "", or None and why not (runs in a thread)."""
         why = "no token file to check them against"
-        for sink in self.sinks:
-            if sink.format != "json":
-                continue
+        for sink, data in self.files.previous():
             try:
-                data = json.loads(sink.read())  # through its checked directory
-                tok = token_from_dict(data, wall=clock.now(), steady=clock.steady())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, UnicodeDecodeError) as err:
-                why = f"{sink.path}: {getattr(err, 'strerror', None) or err}"
+                tok = token_from_dict(json.loads(data), wall=clock.now(), steady=clock.steady())
+            except (ValueError, UnicodeDecodeError) as err:
+                why = f"{sink.path}: {err}"
                 continue
             if tok.profile != self.name:
                 why = f"{sink.path} holds profile {tok.profile!r}"
@@ -533,7 +476,7 @@ class ProfileRefresher:
                 old.account or "?",
                 tok.account or "?",
             )
-        await self._write_sinks(tok)
+        await self.files.write(tok)
         log.info(
             "profile %s: token refreshed (%s, account %s, expires in %ds, next refresh in %ds)",
             self.name,
@@ -583,9 +526,7 @@ class ProfileRefresher:
         if tok is None or now < retire_at(tok):
             return
         self.token = None
-        with self._files:
-            self._on_disk.clear()
-            removed = [str(s.path) for s in self.sinks if self._remove(s)]
+        removed = self.files.remove_all()
         if self.state is not State.REAUTH_REQUIRED:
             self.state = State.EXPIRED
         log.warning(
@@ -597,90 +538,14 @@ class ProfileRefresher:
         )
         self._changed()
 
-    def _expire_stale_files(self, now: float) -> None:
-        """Remove a sink file whose token retires while a newer token could not be
-        written to it (disk full): no file may hold an expired token. ``unlink`` works
-        on a full disk; on a read-only one the failure is logged."""
-        for sink in self.sinks:
-            with self._files:
-                tok = self._on_disk.get(sink.path)
-                if tok is None or now < retire_at(tok):
-                    continue
-                del self._on_disk[sink.path]
-                removed = self._remove(sink)
-            if removed:
-                log.warning(
-                    "profile %s: removed %s: the token it held (%s) expired and its "
-                    "successor was not written in time (%s)",
-                    self.name,
-                    sink.path,
-                    tok.fingerprint,
-                    self.sink_error or "the write is still in progress",
-                )
-
-    def _remove(self, sink: FileSink) -> bool:
-        try:
-            return sink.remove()
-        except OSError as err:
-            log.error("profile %s: cannot remove %s: %s", self.name, sink.path, err.strerror)
-            return False
-
-    def _write(self, tok: Token, *, only_missing: bool = False) -> None:
-        """Write every sink (or only the missing ones), collecting errors into
-        ``sink_error`` so status shows them and the run loop retries.
-
-        Runs in a thread. The slow part (write, fsync) holds no lock; the rename does,
-        and is skipped once ``tok`` has retired (or we stopped), so the run loop can
-        retire the files' previous token on time while this write is stuck on a slow
-        disk."""
-        now = clock.steady()
-        errors = []
-        for sink in self.sinks:
-            if only_missing and not self.sink_error and sink.exists():
-                continue
-            try:
-                with sink.stage(tok, now) as publish, self._files:
-                    if not self._stopping and clock.steady() < retire_at(tok):
-                        publish()
-                        self._on_disk[sink.path] = tok
-            except OSError as err:
-                errors.append(f"cannot write {sink.path}: {err.strerror or err}")
-        error = "; ".join(errors)
-        if error and error != self.sink_error:
-            log.error(
-                "profile %s: %s (the previous file is left intact; retrying)", self.name, error
-            )
-        elif self.sink_error and not error:
-            log.info("profile %s: sink files written again", self.name)
-        self.sink_error = error
-
-    async def _write_sinks(self, tok: Token) -> None:
-        if self._repair is not None:
-            await asyncio.shield(self._repair)  # one writer at a time, in order
-        await self._write_in_thread(tok)
-
-    async def _write_in_thread(self, tok: Token, *, only_missing: bool = False) -> None:
-        self._writing = True
-        try:
-            await run_in_thread(lambda: self._write(tok, only_missing=only_missing))
-        finally:
-            self._writing = False
-            self._wake.set()
-
-    def _repair_sinks(self) -> None:
-        """Rewrite sink files that were deleted or failed to write while the token is
-        valid, or all of them after a wall-clock step. In a thread, like every write:
-        a slow disk must not stall the loop."""
+    def _repair_files(self) -> None:
+        """Rewrite files that were deleted or failed to write while the token is
+        valid, or all of them after a wall-clock step (in a thread: a slow disk must
+        not stall the loop); the loop is woken when the write is done."""
         tok = self.valid_token()
-        if tok is None or self._repair is not None:
+        if tok is None:
             return
-        rewrite = self._rewrite
-        if not (rewrite or self.sink_error or not all(s.exists() for s in self.sinks)):
-            return
-        self._rewrite = False
-        self._repair = asyncio.ensure_future(self._write_in_thread(tok, only_missing=not rewrite))
-
-        def done(_: asyncio.Future[None]) -> None:
-            self._repair = None
-
-        self._repair.add_done_callback(done)
+        started = self.files.repair(tok, rewrite=self._rewrite)
+        if started is not None:
+            self._rewrite = False
+            started.add_done_callback(lambda _: self._wake.set())

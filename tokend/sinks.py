@@ -17,18 +17,22 @@ per component, once per file per refresh.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokend import clock
 from tokend.paths import MAX_FILE_SIZE, RUNTIME_ELSEWHERE, SINK_ELSEWHERE, open_dir, read_regular
+from tokend.threads import in_thread
 from tokend.token import Token
 
-__all__ = ["FileSink", "atomic_write", "remove_file", "staged", "sweep_temp_files"]
+__all__ = ["FileSink", "SinkSet", "atomic_write", "remove_file", "staged", "sweep_temp_files"]
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +211,170 @@ class FileSink:
             return read_regular(self.path.name, limit, dir_fd=dir_fd, follow_symlinks=False)
         finally:
             os.close(dir_fd)
+
+
+class SinkSet:
+    """One profile's files: which token each holds, and writing, repairing and retiring
+    them. The refresher decides which token the files should hold and when a token
+    retires; this class keeps the files in step.
+
+    What each file holds is tracked per file: after a failed write (disk full) a file
+    still holds an older token than the refresher's, and must go when *that* token
+    retires. Writes run in a thread, one at a time; their slow part (write, fsync)
+    holds no lock, the rename does, and is skipped once the token has retired or the
+    set is closed: so the loop can remove a retiring token's files on time while a write
+    is stuck on a slow disk, and a profile being dropped gets no file back.
+
+    Args:
+        profile: the profile's name, for log lines.
+        sinks: its files.
+        retire_at: when a token stops being served (steady clock); its files must be
+            gone by then.
+    """
+
+    def __init__(
+        self, profile: str, sinks: Sequence[FileSink], retire_at: Callable[[Token], float]
+    ) -> None:
+        self.profile = profile
+        self.sinks = tuple(sinks)
+        self._retire_at = retire_at
+        #: Why the last write failed, per file ("" when every file holds the token).
+        self.error = ""
+        self._on_disk: dict[Path, Token] = {}
+        #: Held by whoever renames a file into place or removes one, and for _on_disk:
+        #: the writing thread and the loop both do.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer: asyncio.Future[None] | None = None
+
+    # -- what the refresher asks --------------------------------------------------------
+
+    @property
+    def writing(self) -> bool:
+        """A write is in flight (its end wakes whoever awaits it)."""
+        return self._writer is not None
+
+    def deadlines(self) -> list[float]:
+        """When the tokens the files hold retire: each file must be gone by then."""
+        with self._lock:
+            return [self._retire_at(tok) for tok in self._on_disk.values()]
+
+    def incomplete(self) -> bool:
+        """A file is missing or the last write failed: a repair is due."""
+        return bool(self.error) or not all(s.exists() for s in self.sinks)
+
+    def adopt(self, token: Token) -> None:
+        """The files that exist hold ``token`` (left by an earlier run)."""
+        with self._lock:
+            self._on_disk = {s.path: token for s in self.sinks if s.exists()}
+
+    def close(self) -> None:
+        """Publish nothing from now on: the profile is going away (reload, shutdown),
+        and whoever drops it may remove its files next."""
+        with self._lock:
+            self._closed = True
+
+    def previous(self) -> list[tuple[FileSink, bytes]]:
+        """The json files an earlier run left, read through their checked directories
+        (missing and unreadable ones are skipped). Blocking: call in a thread."""
+        found = []
+        for sink in self.sinks:
+            if sink.format != "json":
+                continue
+            with contextlib.suppress(OSError):
+                found.append((sink, sink.read()))
+        return found
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def write(self, token: Token) -> None:
+        """Write ``token`` to every file, in a thread, after any write in flight."""
+        while self._writer is not None:
+            with contextlib.suppress(Exception):  # that write's own caller sees its error
+                await asyncio.shield(self._writer)
+        await self._start(token, only_missing=False)
+
+    def repair(self, token: Token, *, rewrite: bool = False) -> asyncio.Future[None] | None:
+        """Start rewriting the missing or failed files (all of them with ``rewrite``)
+        unless a write is in flight; returns the write, or None when nothing started."""
+        if self._writer is not None or not (rewrite or self.incomplete()):
+            return None
+        fut = self._start(token, only_missing=not rewrite)
+        fut.add_done_callback(_log_failure)
+        return fut
+
+    def _start(self, token: Token, *, only_missing: bool) -> asyncio.Future[None]:
+        fut = in_thread(lambda: self._write(token, only_missing=only_missing))
+        self._writer = fut
+
+        def done(_: asyncio.Future[None]) -> None:
+            if self._writer is fut:
+                self._writer = None
+
+        fut.add_done_callback(done)
+        return fut
+
+    def _write(self, token: Token, *, only_missing: bool) -> None:
+        now = clock.steady()
+        errors = []
+        for sink in self.sinks:
+            if only_missing and not self.error and sink.exists():
+                continue
+            try:
+                with sink.stage(token, now) as publish, self._lock:
+                    if not self._closed and clock.steady() < self._retire_at(token):
+                        publish()
+                        self._on_disk[sink.path] = token
+            except OSError as err:
+                errors.append(f"cannot write {sink.path}: {err.strerror or err}")
+        error = "; ".join(errors)
+        if error and error != self.error:
+            log.error(
+                "profile %s: %s (the previous file is left intact; retrying)", self.profile, error
+            )
+        elif self.error and not error:
+            log.info("profile %s: sink files written again", self.profile)
+        self.error = error
+
+    # -- retiring -------------------------------------------------------------------------
+
+    def remove_all(self) -> list[str]:
+        """Remove every file (its token retired with no successor on disk); the paths
+        removed. Removal works on a full disk; a failure is logged."""
+        with self._lock:
+            self._on_disk.clear()
+            return [str(s.path) for s in self.sinks if self._remove(s)]
+
+    def remove_stale(self, now: float) -> None:
+        """Remove each file whose token has retired while a newer one could not be
+        written to it (disk full, write stuck): no file may hold an expired token."""
+        for sink in self.sinks:
+            with self._lock:
+                tok = self._on_disk.get(sink.path)
+                if tok is None or now < self._retire_at(tok):
+                    continue
+                del self._on_disk[sink.path]
+                removed = self._remove(sink)
+            if removed:
+                log.warning(
+                    "profile %s: removed %s: the token it held (%s) expired and its "
+                    "successor was not written in time (%s)",
+                    self.profile,
+                    sink.path,
+                    tok.fingerprint,
+                    self.error or "the write is still in progress",
+                )
+
+    def _remove(self, sink: FileSink) -> bool:
+        try:
+            return sink.remove()
+        except OSError as err:
+            log.error(
+                "profile %s: cannot remove %s: %s", self.profile, sink.path, err.strerror or err
+            )
+            return False
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.error("writing token files failed", exc_info=exc)
