@@ -27,7 +27,6 @@ from pathlib import Path
 from tokend import wire
 from tokend.errors import TokenUnavailable
 from tokend.paths import default_config_path, default_runtime_dir, read_regular
-from tokend.timefmt import format_time, parse_time
 
 # What `tokend token` imports is most of what it costs (scripts/bench.py): typing,
 # dataclasses (which pulls in inspect, ast, dis, tokenize) and hashlib (OpenSSL) are
@@ -65,21 +64,28 @@ class TokenInfo:
     """A token and what is known about it. ``repr`` never shows the value.
 
     Immutable, and compared and hashed by its fields, like a frozen dataclass; written
-    out by hand because importing :mod:`dataclasses` (inspect, ast, dis, tokenize) cost
-    every ``tokend token`` about 8 ms (``python -X importtime``).
+    out by hand to keep :mod:`dataclasses` (inspect, ast, dis, tokenize) off the import
+    path of ``tokend token`` (``python -X importtime`` shows what it would cost).
     """
 
-    __slots__ = ("account", "expires_at", "profile", "scopes", "value")
-    __match_args__ = ("value", "expires_at", "account", "scopes", "profile")
+    __slots__ = ("account", "credentials_id", "expires_at", "profile", "scopes", "value")
+    __match_args__ = ("value", "expires_at", "account", "scopes", "profile", "credentials_id")
 
     value: str
     expires_at: float  #: epoch seconds
     account: str
     scopes: tuple[str, ...]
     profile: str
+    credentials_id: str  #: which credentials minted it (see token.json)
 
     def __init__(
-        self, value: str, expires_at: float, account: str, scopes: tuple[str, ...], profile: str
+        self,
+        value: str,
+        expires_at: float,
+        account: str,
+        scopes: tuple[str, ...],
+        profile: str,
+        credentials_id: str = "",
     ) -> None:
         setter = object.__setattr__
         setter(self, "value", value)
@@ -87,6 +93,7 @@ class TokenInfo:
         setter(self, "account", account)
         setter(self, "scopes", scopes)
         setter(self, "profile", profile)
+        setter(self, "credentials_id", credentials_id)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"cannot assign to field {name!r}")
@@ -94,8 +101,15 @@ class TokenInfo:
     def __delattr__(self, name: str) -> NoReturn:
         raise AttributeError(f"cannot delete field {name!r}")
 
-    def _fields(self) -> tuple[str, float, str, tuple[str, ...], str]:
-        return (self.value, self.expires_at, self.account, self.scopes, self.profile)
+    def _fields(self) -> tuple[str, float, str, tuple[str, ...], str, str]:
+        return (
+            self.value,
+            self.expires_at,
+            self.account,
+            self.scopes,
+            self.profile,
+            self.credentials_id,
+        )
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, TokenInfo) and other.__class__ is self.__class__:
@@ -120,28 +134,20 @@ class TokenInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """The ``/v1/token`` object (what ``tokend token --format json`` prints)."""
-        return {
-            "access_token": self.value,
-            "token_type": "Bearer",
-            "expires_at": format_time(self.expires_at),
-            "expires_in": max(0, int(self.expires_in)),
-            "profile": self.profile,
-            "account": self.account,
-            "scopes": list(self.scopes),
-        }
+        return wire.token_object(
+            self.value,
+            expires_at=self.expires_at,
+            expires_in=self.expires_in,
+            profile=self.profile,
+            account=self.account,
+            scopes=self.scopes,
+            credentials_id=self.credentials_id,
+        )
 
 
 def _info_from(data: Any) -> TokenInfo:
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    value = wire.check_token(data.get("access_token"))
-    return TokenInfo(
-        value=value,
-        expires_at=parse_time(str(data["expires_at"])),
-        account=str(data.get("account") or ""),
-        scopes=tuple(str(s) for s in data.get("scopes") or ()),
-        profile=str(data.get("profile") or "default"),
-    )
+    value, expires_at, profile, account, scopes, credentials_id = wire.read_token_object(data)
+    return TokenInfo(value, expires_at, account, scopes, profile, credentials_id)
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -247,18 +253,7 @@ def openai_base_url(profile: str = "default") -> str | None:
     project, location = section.get("project"), section.get("location")
     if not (isinstance(project, str) and project and isinstance(location, str) and location):
         return None
-    from urllib.parse import quote
-
-    endpoint = str(section.get("endpoint") or "openapi")
-    host = (
-        "aiplatform.googleapis.com"
-        if location == "global"
-        else f"{location}-aiplatform.googleapis.com"
-    )
-    return (
-        f"https://{host}/v1/projects/{quote(project, safe=':.')}/locations/"
-        f"{quote(location, safe='')}/endpoints/{quote(endpoint, safe='')}"
-    )
+    return wire.vertex_base_url(project, location, str(section.get("endpoint") or "openapi"))
 
 
 # -- the file ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from tokend import wire
 from tokend.errors import ConfigError
 from tokend.paths import default_config_path, default_runtime_dir, is_within, read_regular
 
@@ -97,15 +98,7 @@ class OpenAIConfig(_Model):
 
     @property
     def base_url(self) -> str:
-        host = (
-            "aiplatform.googleapis.com"
-            if self.location == "global"
-            else f"{self.location}-aiplatform.googleapis.com"
-        )
-        return (
-            f"https://{host}/v1/projects/{self.project}"
-            f"/locations/{self.location}/endpoints/{self.endpoint}"
-        )
+        return wire.vertex_base_url(self.project, self.location, self.endpoint)
 
 
 class ProfileConfig(_Model):

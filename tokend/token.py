@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokend import wire
-from tokend.timefmt import format_time, parse_time
+from tokend.timefmt import format_time
 
 __all__ = ["Token", "token_from_dict"]
 
@@ -100,16 +100,15 @@ class Token:
 
     def as_dict(self, steady: float) -> dict[str, Any]:
         """The ``/v1/token`` object (also the ``json`` file format)."""
-        return {
-            "access_token": self.value,
-            "token_type": "Bearer",
-            "expires_at": format_time(self.expires_at),
-            "expires_in": max(0, int(self.deadline - steady)),
-            "profile": self.profile,
-            "account": self.account,
-            "scopes": list(self.scopes),
-            "credentials_id": self.credentials_id,
-        }
+        return wire.token_object(
+            self.value,
+            expires_at=self.expires_at,
+            expires_in=self.deadline - steady,
+            profile=self.profile,
+            account=self.account,
+            scopes=self.scopes,
+            credentials_id=self.credentials_id,
+        )
 
     def render(self, fmt: str, steady: float, base_url: str = "") -> bytes:
         """Bytes of one file format: ``raw``, ``json`` or ``env``."""
@@ -140,24 +139,16 @@ def token_from_dict(data: Any, *, wall: float, steady: float) -> Token:
         ValueError: a malformed object, a bad token or an implausible expiry (the message
             never holds the token).
     """
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    value = wire.check_token(data.get("access_token"))
-    try:
-        expires_at = parse_time(str(data["expires_at"]))
-    except (KeyError, ValueError):
-        raise ValueError("expires_at is missing or not a time") from None
+    value, expires_at, profile, account, scopes, credentials_id = wire.read_token_object(data)
     wire.check_lifetime(expires_at - wall)
-    scopes = data.get("scopes") or ()
-    if not isinstance(scopes, list | tuple):
-        raise ValueError("scopes is not a list")
+    stated = float(math.floor(expires_at))
     return Token(
         value=value,
-        expires_at=float(math.floor(expires_at)),
-        deadline=steady + (math.floor(expires_at) - wall),
+        expires_at=stated,
+        deadline=steady + (stated - wall),
         issued=steady,
-        profile=str(data.get("profile") or "default"),
-        account=str(data.get("account") or ""),
-        scopes=tuple(str(s) for s in scopes),
-        credentials_id=str(data.get("credentials_id") or ""),
+        profile=profile,
+        account=account,
+        scopes=scopes,
+        credentials_id=credentials_id,
     )

@@ -1,6 +1,8 @@
-"""What a token may look like on the wire, checked the same way by daemon and client.
+"""The contracts daemon and client share, defined once: the ``/v1/token`` object (also
+the ``json`` file), what a token may look like, and Vertex AI's OpenAI base URL.
 
-stdlib only (:mod:`tokend.client` imports it) and cheap to import: no :mod:`re`.
+stdlib only (:mod:`tokend.client` imports it) and cheap to import: no :mod:`re`, no
+:mod:`typing` at run time.
 
 A token reaches files that are sourced by shells (``set -a; . openai.env``) and read by
 systemd's ``EnvironmentFile=``, so one holding ``$(...)``, a space or a newline would run
@@ -11,12 +13,22 @@ longer than :data:`MAX_TOKEN_LENGTH`, is not a token.
 
 from __future__ import annotations
 
+from tokend.timefmt import format_time, parse_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "MIN_LIFETIME",
     "check_lifetime",
     "check_token",
+    "read_token_object",
+    "token_object",
+    "vertex_base_url",
+    "vertex_origin",
 ]
 
 #: Google's access tokens are documented to stay under 2048 bytes; ID tokens (JWTs
@@ -56,3 +68,84 @@ def check_lifetime(seconds: float) -> float:
             f"the token claims to live {seconds / 3600:.1f} h, longer than Google issues (12 h)"
         )
     return seconds
+
+
+# -- the /v1/token object ---------------------------------------------------------------
+
+
+def token_object(
+    value: str,
+    *,
+    expires_at: float,
+    expires_in: float,
+    profile: str,
+    account: str,
+    scopes: tuple[str, ...],
+    credentials_id: str = "",
+) -> dict[str, Any]:
+    """The ``/v1/token`` answer, which is also the ``json`` file and what ``tokend token
+    --format json`` prints. ``expires_at`` is written in whole seconds, rounded down."""
+    return {
+        "access_token": value,
+        "token_type": "Bearer",
+        "expires_at": format_time(expires_at),
+        "expires_in": max(0, int(expires_in)),
+        "profile": profile,
+        "account": account,
+        "scopes": list(scopes),
+        "credentials_id": credentials_id,
+    }
+
+
+def read_token_object(data: object) -> tuple[str, float, str, str, tuple[str, ...], str]:
+    """``(access_token, expires_at, profile, account, scopes, credentials_id)`` from a
+    ``/v1/token`` object, trusting nothing: the token must pass :func:`check_token`.
+
+    Raises:
+        ValueError: not such an object (the message never holds the token).
+    """
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    value = check_token(data.get("access_token"))
+    try:
+        expires_at = parse_time(str(data["expires_at"]))
+    except (KeyError, ValueError):
+        raise ValueError("expires_at is missing or not a time") from None
+    scopes = data.get("scopes") or ()
+    if not isinstance(scopes, list | tuple):
+        raise ValueError("scopes is not a list")
+    return (
+        value,
+        expires_at,
+        str(data.get("profile") or "default"),
+        str(data.get("account") or ""),
+        tuple(str(s) for s in scopes),
+        str(data.get("credentials_id") or ""),
+    )
+
+
+# -- Vertex AI ------------------------------------------------------------------------
+
+
+def vertex_origin(location: str, api_endpoint: str = "") -> str:
+    """``https://{location}-aiplatform.googleapis.com`` (``aiplatform.googleapis.com``
+    for location ``global``), or ``api_endpoint`` when one is configured."""
+    if api_endpoint:
+        return api_endpoint.rstrip("/")
+    if location == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{location}-aiplatform.googleapis.com"
+
+
+def vertex_base_url(
+    project: str, location: str, endpoint: str = "openapi", api_endpoint: str = ""
+) -> str:
+    """Vertex AI's OpenAI-compatible base URL for a project and location. The parts are
+    percent-quoted (the client reads them unvalidated from the config file; validated
+    values come out unchanged)."""
+    from urllib.parse import quote  # only here: most callers of this module never need it
+
+    return (
+        f"{vertex_origin(location, api_endpoint)}/v1/projects/{quote(project, safe=':.')}"
+        f"/locations/{quote(location, safe='')}/endpoints/{quote(endpoint, safe='')}"
+    )
