@@ -51,9 +51,7 @@ def test_received_states_whole_seconds_and_the_deadline_is_that_instant() -> Non
     st.floats(min_value=-7200, max_value=7200, allow_nan=False),
     st.floats(min_value=0, max_value=3000, allow_nan=False),
 )
-def test_rebased_after_a_step_states_the_truth_rounded_down(
-    step: float, elapsed: float
-) -> None:
+def test_rebased_after_a_step_states_the_truth_rounded_down(step: float, elapsed: float) -> None:
     tok = make()
     steady = S0 + elapsed
     wall = T0 + 0.25 + elapsed + step  # the wall clock was moved by `step`
