@@ -11,7 +11,12 @@
     │                                              a person has to act (not retried on a timer)
     ├── RefreshError(TokendError)                  a refresh failed; ``retryable`` says whether
     │                                              backing off and trying again can help
+    ├── ServiceError(TokendError, RuntimeError)    a service manager (systemd, launchd) is
+    │                                              missing or refused; the message has the fix
     └── TokenUnavailable(TokendError, LookupError) a client could not get a valid token
+
+``CredentialsError`` and ``RefreshError`` carry a ``reason``, one of :data:`REASONS`: the
+``error`` field of the socket API's 503 and ``last_error_reason`` in status.
 
 This module is stdlib-only: :mod:`tokend.client` imports it.
 No message ever carries a token, refresh token or key.
@@ -19,14 +24,59 @@ No message ever carries a token, refresh token or key.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Reason = Literal[
+        "reauth_required",
+        "credentials_missing",
+        "credentials_invalid",
+        "unavailable",
+        "transport_error",
+        "timeout",
+        "bad_response",
+        "abandoned",
+        "refresh_failed",
+        "internal_error",
+        "sink_write_failed",
+    ]
+
 __all__ = [
+    "REASONS",
     "ConfigError",
     "CredentialsError",
     "RefreshError",
+    "ServiceError",
     "TokenUnavailable",
     "TokendError",
     "UnsafePathError",
 ]
+
+#: Why a profile has no fresh token, the closed set (``Reason``), each with its meaning.
+REASONS: dict[str, str] = {
+    # A person must act (CredentialsError): tokend waits for the file to change.
+    "reauth_required": "the grant was revoked or expired: log in again",
+    "credentials_missing": "the credentials file does not exist",
+    "credentials_invalid": "the credentials file cannot be used as it is",
+    # Retried with backoff (RefreshError).
+    "unavailable": "the token endpoint answered 5xx, 408 or 429",
+    "transport_error": "the token endpoint could not be reached",
+    "timeout": "no answer within TOKEND_TIMEOUT",
+    "bad_response": "an answer tokend will not use (no token, a malformed one, an "
+    "implausible lifetime)",
+    "abandoned": "the fetch was given up by its caller (a suspend, a deadline)",
+    "refresh_failed": "google-auth failed in another way",
+    "internal_error": "a bug in tokend (logged with its traceback)",
+    # The token is fine, its files are not.
+    "sink_write_failed": "a token file could not be written",
+}
+
+
+def _checked(reason: str) -> str:
+    if reason not in REASONS:
+        raise ValueError(f"unknown reason {reason!r}")  # a bug: every reason is listed
+    return reason
 
 
 class TokendError(Exception):
@@ -48,19 +98,25 @@ class CredentialsError(TokendError):
     ``credentials_missing``, ``credentials_invalid``) for status and the socket API.
     """
 
-    def __init__(self, message: str, *, reason: str = "reauth_required") -> None:
+    def __init__(self, message: str, *, reason: Reason = "reauth_required") -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = _checked(reason)
 
 
 class RefreshError(TokendError):
     """Fetching a token failed. ``retryable`` is true for transport errors, timeouts,
     5xx and 429: the kind of failure that backing off can outlast."""
 
-    def __init__(self, message: str, *, retryable: bool, reason: str = "refresh_failed") -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, reason: Reason = "refresh_failed"
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
-        self.reason = reason
+        self.reason = _checked(reason)
+
+
+class ServiceError(TokendError, RuntimeError):
+    """A service manager is missing or refused; the message says how to fix it."""
 
 
 class TokenUnavailable(TokendError, LookupError):

@@ -22,13 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tokend.errors import TokendError
+from tokend.errors import ServiceError
 
 __all__ = ["Plan", "ServiceError", "Step", "run_command", "tokend_command", "write_file"]
-
-
-class ServiceError(TokendError, RuntimeError):
-    """A service manager is missing or refused; the message says how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)
