@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tokend import config
-from tokend.config import CLOUD_PLATFORM, ConfigError
+from tokend.config import CLOUD_PLATFORM, ConfigError, parse
 
 
 def load_text(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> config.Config:
@@ -306,3 +306,30 @@ def test_bad_sink_path_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) 
     assert len(proc.stderr.strip().splitlines()) == 1
     assert f'{cfg}: profiles.default.sinks[0].path: ../escaped: ".." is not allowed' in proc.stderr
     assert not runtime.exists() and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "message"),
+    [
+        ({"timeout": 500}, {}, "c.toml: timeout: must be more than 0 and at most 120 seconds"),
+        ({"timeout": "10"}, {}, "c.toml: timeout: must be a number of seconds, e.g. 10"),
+        ({}, {"TOKEND_TIMEOUT": "ten"}, "TOKEND_TIMEOUT: must be a number of seconds, e.g. 10"),
+        (
+            {},
+            {"TOKEND_TIMEOUT": "0"},
+            "TOKEND_TIMEOUT: must be more than 0 and at most 120 seconds",
+        ),
+    ],
+)
+def test_timeout_is_checked_where_it_was_set(
+    data: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(data, "c.toml", env=env)
+    assert str(info.value) == message
+
+
+def test_timeout_from_the_file_or_the_environment() -> None:
+    assert parse({}, "c.toml", env={}).timeout == 10.0
+    assert parse({"timeout": 3}, "c.toml", env={}).timeout == 3.0
+    assert parse({"timeout": 3}, "c.toml", env={"TOKEND_TIMEOUT": "2.5"}).timeout == 2.5

@@ -6,7 +6,8 @@ nothing resolves ``~`` or creates directories: that happens once, in the daemon.
 File lookup: ``--config PATH``, else ``$TOKEND_CONFIG``, else
 :func:`tokend.paths.default_config_path` (``~/.config/tokend/config.toml``); a missing
 *default* file means "all defaults", a missing *named* file is an error.
-``$TOKEND_RUNTIME_DIR`` overrides ``runtime_dir``, whose default is
+``$TOKEND_RUNTIME_DIR`` overrides ``runtime_dir``, ``$TOKEND_TIMEOUT`` ``timeout``;
+the default runtime dir is
 :func:`tokend.paths.default_runtime_dir`, the same function clients use.
 
 Paths are judged here by their names alone (no filesystem access): a sink path with a
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+#: Seconds a whole token fetch may take unless ``timeout`` / ``TOKEND_TIMEOUT`` say.
+DEFAULT_TIMEOUT = 10.0
 SinkFormat = Literal["raw", "json", "env"]
 
 
@@ -63,6 +66,14 @@ def _octal_mode(value: Any) -> int:
 
 
 Mode = Annotated[int, BeforeValidator(_octal_mode)]
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number of seconds, e.g. 10")
+    if not 0 < value <= 120:
+        raise ValueError("must be more than 0 and at most 120 seconds")
+    return float(value)
 
 
 class _Model(BaseModel):
@@ -194,6 +205,9 @@ class Config(_Model):
     """The whole configuration. ``source`` names where it came from (for messages)."""
 
     runtime_dir: str = ""  #: "" = tokend.paths.default_runtime_dir()
+    #: Seconds a whole token fetch may take (connect, request, answer), however the
+    #: endpoint trickles it; past it the fetch is given up and retried with backoff.
+    timeout: Annotated[float, BeforeValidator(_seconds)] = DEFAULT_TIMEOUT
     socket: SocketConfig = SocketConfig()
     profiles: dict[str, ProfileConfig] = Field(default_factory=_default_profiles)
     source: str = Field(default="<defaults>", exclude=True)
@@ -356,9 +370,22 @@ def parse(
     data = dict(data)
     if env.get("TOKEND_RUNTIME_DIR"):
         data["runtime_dir"] = env["TOKEND_RUNTIME_DIR"]
+    if env.get("TOKEND_TIMEOUT"):
+        try:
+            data["timeout"] = float(env["TOKEND_TIMEOUT"])
+        except ValueError:
+            raise ConfigError("TOKEND_TIMEOUT: must be a number of seconds, e.g. 10") from None
+        source_of_timeout = "TOKEND_TIMEOUT"
+    else:
+        source_of_timeout = ""
     try:
         cfg = Config.model_validate({**data, "source": source})
     except ValidationError as err:
+        first = err.errors()[0]["loc"]
+        if source_of_timeout and first == ("timeout",):
+            raise ConfigError(
+                "TOKEND_TIMEOUT: must be more than 0 and at most 120 seconds"
+            ) from None
         raise _first_error(source, err) from None
     cfg.validate_sinks()
     cfg.validate_socket(env)

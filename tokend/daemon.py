@@ -43,20 +43,8 @@ DEBOUNCE_MAX = 1.0
 #: How often the clocks are compared, to notice a suspend or a wall-clock step: a
 #: resume is acted on within this (plus the time the work takes).
 CLOCK_TICK = 1.0
-#: Upper bound for one whole token fetch; ``TOKEND_TIMEOUT`` sets it.
-DEFAULT_TIMEOUT = 10.0
 #: A configuration file not read within this is a hung filesystem, not a config.
 CONFIG_READ_TIMEOUT = 5.0
-
-
-def fetch_timeout() -> float:
-    try:
-        value = float(os.environ.get("TOKEND_TIMEOUT", DEFAULT_TIMEOUT))
-    except ValueError:
-        raise ConfigError("TOKEND_TIMEOUT: must be a number of seconds, e.g. 10") from None
-    if not 0 < value <= 120:
-        raise ConfigError("TOKEND_TIMEOUT: must be between 0 and 120 seconds")
-    return value
 
 
 #: Soft limit on open files the daemon raises itself to (within the hard limit).
@@ -114,7 +102,6 @@ class Daemon:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.timeout = fetch_timeout()
         self.refreshers: dict[str, ProfileRefresher] = {}
         self._profile_cfgs: dict[str, ProfileConfig] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -256,7 +243,7 @@ class Daemon:
             for d in {s.path.parent for s in sinks}:
                 if swept := sweep_temp_files(d):
                     log.info("removed %d temp file(s) a previous run left in %s", swept, d)
-            source = Source(name, config.profile(name), timeout=self.timeout)
+            source = Source(name, config.profile(name), timeout=config.timeout)
             refresher = ProfileRefresher(name, source, sinks, on_change=self._state_changed)
             self.refreshers[name] = refresher
             self._profile_cfgs[name] = pc
@@ -422,7 +409,7 @@ def run_once(config: Config) -> int:
     if config.socket_path is not None:
         refuse_if_served(config.socket_path)
     prepare_paths(config)
-    timeout = fetch_timeout()
+    timeout = config.timeout
     worst = 0
     for name, pc in config.profiles.items():
         sinks = make_sinks(config, name, pc)
