@@ -19,7 +19,6 @@ from tokend.errors import ConfigError, TokendError, UnsafePathError
 # annotations that name them are never evaluated.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import logging
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -30,38 +29,6 @@ EXIT_UNAVAILABLE = 1  #: no token could be had / generic failure
 EXIT_CONFIG = 2  #: invalid configuration or unsafe paths (also argparse usage errors)
 EXIT_CREDENTIALS = 3  #: credentials missing/revoked or the refresh failed
 
-#: syslog priorities for the ``<N>`` prefix journald understands.
-_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-
-def _formatter(journal: bool) -> logging.Formatter:
-    """One line per event. Under journald (``JOURNAL_STREAM`` set) no timestamp, which
-    journald adds itself, and a ``<N>`` syslog priority prefix it understands."""
-    import logging
-
-    class Formatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            text = super().format(record).replace("\n", " | ")
-            if journal:
-                return f"<{_PRIORITY.get(record.levelname, 6)}>{text}"
-            return text
-
-    return Formatter("%(message)s" if journal else "%(asctime)s tokend %(levelname)s: %(message)s")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_formatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Libraries below us log request details at DEBUG; never let them near the output.
-    for noisy in ("google", "urllib3", "requests", "watchdog", "aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 # -- subcommands -----------------------------------------------------------------------
 
 
@@ -71,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tokend import config as config_mod
     from tokend.daemon import Daemon, harden_process, run_once
+    from tokend.logs import setup_logging
 
     harden_process()
     setup_logging(args.verbose)
@@ -152,35 +120,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: Signals ``tokend exec`` passes on to its child.
-FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-
-
-def _keyboard_signal_reached_child(signum: int) -> bool:
-    """True when ``signum`` most likely came from the terminal (Ctrl-C, Ctrl-\\): the
-    kernel sent it to the whole foreground process group, child included, so forwarding
-    it would deliver it twice (and a second Ctrl-C means "force quit" to many tools)."""
-    import signal
-
-    if signum not in (signal.SIGINT, signal.SIGQUIT):
-        return False
-    try:
-        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return False  # no controlling terminal: the signal came from kill(2)
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def cmd_exec(args: argparse.Namespace) -> int:
-    import signal
-    import subprocess
-    import threading
-    import time
+    from tokend.supervise import run_child
 
     argv = list(args.command)
     if argv and argv[0] == "--":
@@ -189,81 +130,26 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print("tokend: exec: no command given (tokend exec -- CMD ARGS...)", file=sys.stderr)
         return EXIT_CONFIG
     env = {**os.environ, **_token_env(args.profile, args.min_valid)}
-    expires_at = int(env["TOKEND_EXPIRES_AT"])
-
-    proc: subprocess.Popen[bytes] | None = None
-    pending: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        if proc is None:
-            pending.append(signum)  # arrived while spawning: delivered right after
-        elif proc.returncode is None and not _keyboard_signal_reached_child(signum):
-            proc.send_signal(signum)
-
-    # Handlers go in before the child exists, so no signal can kill us and orphan it.
-    # exec() resets caught signals to their defaults in the child.
-    previous = {}
-    for name in FORWARDED_SIGNALS:
-        sig = getattr(signal, name)
-        previous[sig] = signal.signal(sig, forward)
-
-    def warn_expired() -> None:
-        print(
-            f"tokend: warning: the token given to {argv[0]} expired at "
-            f"{time.strftime('%H:%M:%S', time.localtime(expires_at))} and it is still "
-            "running; long-running programs should ask for a token per request "
-            "(tokend.client.token, the token file or the socket)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    timer = threading.Timer(max(0.0, expires_at - time.time()), warn_expired)
-    timer.daemon = True
-    try:
-        try:
-            proc = subprocess.Popen(argv, env=env)
-        except FileNotFoundError:
-            print(f"tokend: exec: {argv[0]}: command not found", file=sys.stderr)
-            return 127
-        except PermissionError:
-            print(f"tokend: exec: {argv[0]}: permission denied", file=sys.stderr)
-            return 126
-        for signum in pending:
-            proc.send_signal(signum)
-        timer.start()
-        rc = proc.wait()  # PEP 475: retried after each forwarded signal
-    finally:
-        timer.cancel()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    # A child killed by signal N exits 128+N, the way shells report it.
-    return 128 - rc if rc < 0 else rc
+    return run_child(argv, env, expires_at=int(env["TOKEND_EXPIRES_AT"]))
 
 
 def _ago(iso: str | None, now: float, *, future: bool) -> str:
     if not iso:
         return "-"
-    from tokend.timefmt import parse_time
+    from tokend.timefmt import format_duration, parse_time
 
     delta = int(parse_time(iso) - now) if future else int(now - parse_time(iso))
     if delta < 0:
         return "now" if future else "-"
-    text = _duration(delta)
+    text = format_duration(delta)
     return f"in {text}" if future else f"{text} ago"
-
-
-def _duration(seconds: int) -> str:
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from tokend import client
+    from tokend.timefmt import format_duration
 
     status = client.daemon_status()
     healthy = bool(status.get("healthy"))
@@ -279,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 name,
                 p.get("account") or "-",
                 p.get("state") or "?",
-                "-" if expires_in is None else _duration(int(expires_in)),
+                "-" if expires_in is None else format_duration(int(expires_in)),
                 _ago(p.get("next_refresh"), now, future=True),
                 (p.get("last_error") or "-").replace("\n", " "),
             )
@@ -338,9 +224,6 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tokend.doctor import run_checks
 
-    if args.config:
-        # The client helpers (socket, token file) find the config through this too.
-        os.environ["TOKEND_CONFIG"] = args.config
     checks = run_checks(args.config)
     failed = any(c.status == "FAIL" for c in checks)
     if args.json:

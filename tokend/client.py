@@ -153,7 +153,9 @@ def _info_from(data: Any) -> TokenInfo:
 # -- paths ------------------------------------------------------------------------------
 
 
-def _config_path() -> Path:
+def _config_path(config: str | os.PathLike[str] | None = None) -> Path:
+    if config:
+        return Path(config).expanduser()
     if os.environ.get("TOKEND_CONFIG"):
         return Path(os.environ["TOKEND_CONFIG"]).expanduser()
     return default_config_path()
@@ -162,9 +164,10 @@ def _config_path() -> Path:
 _config_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
-def _config() -> dict[str, Any]:
-    """The parsed config file, ``{}`` when there is none. Cached by inode and mtime."""
-    path = _config_path()
+def _config(config: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The parsed config file (``config``, else ``TOKEND_CONFIG``, else the platform
+    default), ``{}`` when there is none. Cached by inode and mtime."""
+    path = _config_path(config)
     try:
         st = os.stat(path)
     except OSError:
@@ -204,16 +207,19 @@ def _runtime_dir(cfg: dict[str, Any]) -> Path:
     return default_runtime_dir()
 
 
-def token_file_path(profile: str = "default") -> Path | None:
+def token_file_path(
+    profile: str = "default", *, config: str | os.PathLike[str] | None = None
+) -> Path | None:
     """The profile's ``json`` token file, or None when its sinks include none.
 
     Args:
         profile: the profile name.
+        config: the tokend config file (default: ``TOKEND_CONFIG``, else the platform's).
 
     Returns:
         The path (which may not exist yet), or None.
     """
-    cfg = _config()
+    cfg = _config(config)
     sinks = _table(cfg, "profiles", profile).get("sinks")
     if isinstance(sinks, list):
         for sink in sinks:
@@ -225,12 +231,12 @@ def token_file_path(profile: str = "default") -> Path | None:
     return _runtime_dir(cfg) / name
 
 
-def socket_path() -> Path | None:
+def socket_path(*, config: str | os.PathLike[str] | None = None) -> Path | None:
     """The daemon's socket: ``TOKEND_SOCKET``, else ``socket.path`` from the config
     file (``""`` turns it off: None), else ``tokend.sock`` in the runtime dir."""
     if os.environ.get("TOKEND_SOCKET"):
         return Path(os.environ["TOKEND_SOCKET"]).expanduser()
-    cfg = _config()
+    cfg = _config(config)
     configured = _table(cfg, "socket").get("path", "tokend.sock")
     if not isinstance(configured, str) or not configured:
         return None
@@ -277,9 +283,11 @@ def _read_file(path: Path) -> TokenInfo | None:
     return info
 
 
-def _from_file(profile: str, min_valid: float) -> tuple[TokenInfo | None, str]:
+def _from_file(
+    profile: str, min_valid: float, config: str | os.PathLike[str] | None = None
+) -> tuple[TokenInfo | None, str]:
     """(token, why not) from the profile's file."""
-    path = token_file_path(profile)
+    path = token_file_path(profile, config=config)
     if path is None:
         return None, f"profile {profile!r} has no json token file"
     info = _read_file(path)
@@ -373,8 +381,10 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
         raise _SocketError(f"tokend on {path} sent a malformed answer") from None
 
 
-def _from_socket(profile: str, min_valid: float, timeout: float) -> TokenInfo:
-    path = socket_path()
+def _from_socket(
+    profile: str, min_valid: float, timeout: float, config: str | os.PathLike[str] | None = None
+) -> TokenInfo:
+    path = socket_path(config=config)
     if path is None:
         raise _SocketError('the socket is turned off (socket.path = "")')
     from urllib.parse import urlencode  # only on the slow path
@@ -399,7 +409,11 @@ def _from_socket(profile: str, min_valid: float, timeout: float) -> TokenInfo:
 
 
 def token_info(
-    profile: str = "default", min_valid: float = 60, *, timeout: float = SOCKET_TIMEOUT
+    profile: str = "default",
+    min_valid: float = 60,
+    *,
+    timeout: float = SOCKET_TIMEOUT,
+    config: str | os.PathLike[str] | None = None,
 ) -> TokenInfo:
     """The current token of ``profile`` and what is known about it.
 
@@ -408,6 +422,7 @@ def token_info(
         min_valid: seconds the token must stay valid; a token file closer to expiry
             makes the daemon refresh first (over the socket).
         timeout: seconds to wait for the daemon when the file does not do.
+        config: the tokend config file (default: ``TOKEND_CONFIG``, else the platform's).
 
     Returns:
         A :class:`TokenInfo`.
@@ -415,11 +430,11 @@ def token_info(
     Raises:
         TokenUnavailable: no valid token could be had; the message says what to do.
     """
-    info, why = _from_file(profile, min_valid)
+    info, why = _from_file(profile, min_valid, config)
     if info is not None:
         return info
     try:
-        return _from_socket(profile, min_valid, timeout)
+        return _from_socket(profile, min_valid, timeout, config)
     except _SocketError as err:
         # When the daemon answered, its detail already carries the fix.
         hint = "" if err.answered else f"; {_LOGIN_HINT}"
@@ -482,13 +497,19 @@ async def token_async(profile: str = "default", min_valid: float = 60) -> str:
     return (await token_info_async(profile, min_valid)).value
 
 
-def daemon_status(timeout: float = 5.0) -> dict[str, Any]:
+def daemon_status(
+    timeout: float = 5.0, *, config: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """The daemon's ``/v1/status`` object (no token values in it).
+
+    Args:
+        timeout: seconds to wait for the answer.
+        config: the tokend config file (default: ``TOKEND_CONFIG``, else the platform's).
 
     Raises:
         TokenUnavailable: the daemon could not be asked.
     """
-    path = socket_path()
+    path = socket_path(config=config)
     if path is None:
         raise TokenUnavailable('the socket is turned off (socket.path = ""); no status to ask')
     try:

@@ -65,7 +65,7 @@ def _checks(config_path: str | None) -> Iterator[Check]:
     where = str(file) if file.exists() else "no config file, defaults"
     yield Check("config", "OK", f"{where}: {len(cfg.profiles)} profile(s)")
 
-    status, why = _daemon_status()
+    status, why = _daemon_status(file)
     profiles: dict[str, Any] = (status or {}).get("profiles") or {}
     for name, profile in cfg.profiles.items():
         yield _credentials(name, profile, profiles.get(name) or {})
@@ -73,7 +73,7 @@ def _checks(config_path: str | None) -> Iterator[Check]:
     yield _socket(cfg.socket_path, status, why)
     yield _service()
     for name in cfg.profiles:
-        yield _token(name, profiles.get(name) or {})
+        yield _token(name, profiles.get(name) or {}, file)
     yield _clock()
     for name, profile in cfg.profiles.items():
         yield _openai(name, profile.base_url)
@@ -131,12 +131,12 @@ def _runtime_dir(path: Path) -> Check:
     return Check("runtime", "OK", f"{path} (mode 0700, ours)")
 
 
-def _daemon_status() -> tuple[dict[str, Any] | None, str]:
+def _daemon_status(config: Path) -> tuple[dict[str, Any] | None, str]:
     """The daemon's /v1/status, or (None, why not)."""
     from tokend import client
 
     try:
-        return client.daemon_status(timeout=3.0), ""
+        return client.daemon_status(timeout=3.0, config=config), ""
     except client.TokenUnavailable as err:
         return None, str(err)
 
@@ -218,12 +218,12 @@ def _launchd_service() -> Check:
     return Check("service", "FAIL", f"{LABEL} is loaded but not running", f"see {log_path()}")
 
 
-def _token(name: str, live: dict[str, Any]) -> Check:
+def _token(name: str, live: dict[str, Any], config: Path) -> Check:
     from tokend import client
 
     label = f"token:{name}"
     try:
-        info = client.token_info(name, min_valid=0, timeout=5.0)
+        info = client.token_info(name, min_valid=0, timeout=5.0, config=config)
     except client.TokenUnavailable as err:
         error = live.get("last_error") or ""
         detail = f"{live.get('state')}: {error}" if error else str(err)

@@ -107,9 +107,7 @@ class RefreshError(TokendError):
     """Fetching a token failed. ``retryable`` is true for transport errors, timeouts,
     5xx and 429: the kind of failure that backing off can outlast."""
 
-    def __init__(
-        self, message: str, *, retryable: bool, reason: Reason = "refresh_failed"
-    ) -> None:
+    def __init__(self, message: str, *, retryable: bool, reason: Reason = "refresh_failed") -> None:
         super().__init__(message)
         self.retryable = retryable
         self.reason = _checked(reason)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["format_time", "parse_time"]
+__all__ = ["format_duration", "format_time", "parse_time"]
 
 
 def format_time(ts: float) -> str:
@@ -20,3 +20,13 @@ def format_time(ts: float) -> str:
 def parse_time(text: str) -> float:
     """Inverse of :func:`format_time` (accepts any ISO 8601 instant with an offset)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people, to the second: ``42s``, ``5m03s``, ``1h05m`` (negative: 0s)."""
+    s = max(0, int(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"

@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from tokend.timefmt import format_duration
+
 if TYPE_CHECKING:
     from tokend.refresher import Snapshot
 
@@ -26,7 +28,7 @@ __all__ = ["ServiceLink", "describe", "notify", "watchdog_interval"]
 
 log = logging.getLogger(__name__)
 
-#: Without a watchdog, STATUS= ("expires in 52m") is still refreshed this often.
+#: Without a watchdog, STATUS= ("expires in 52m10s") is still refreshed this often.
 STATUS_REFRESH = 30.0
 
 
@@ -76,15 +78,6 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     return usec / 1e6 / 2
 
 
-def _duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m"
-    return f"{s}s"
-
-
 def _fix(message: str) -> str:
     """The advice part of an error: tokend's messages end in ``…; what to do``."""
     return message.rsplit("; ", 1)[-1].strip()
@@ -99,11 +92,11 @@ def describe(snapshots: Iterable[Snapshot], now: float) -> str:
         state = s.state.value
         text = f"{s.profile}: {state}"
         if state in ("fresh", "refreshing") and s.expires_at is not None:
-            text += f", expires in {_duration(s.expires_at - now)}"
+            text += f", expires in {format_duration(s.expires_at - now)}"
         elif state == "retrying":
             text += f" after {s.consecutive_failures} failure(s)"
             if s.expires_at is not None:
-                text += f", serving the last token for {_duration(s.expires_at - now)}"
+                text += f", serving the last token for {format_duration(s.expires_at - now)}"
         elif state == "expired":
             text += f", no valid token; retrying ({s.last_error_reason or 'refresh failed'})"
         elif state == "reauth_required" and s.last_error:
