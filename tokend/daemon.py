@@ -161,10 +161,10 @@ class Daemon:
 
     async def _settle_heap(self) -> None:
         """Once started, move what startup allocated (google-auth, pydantic, the
-        configuration: ~48,000 objects) out of the garbage collector's reach. Otherwise
-        every full collection walks all of it: a ~20 ms pause of the loop that a client
-        waiting for its token feels. No ``gc.collect()`` first: it would be such a pause,
-        and at this point it finds nothing (measured: 0 objects)."""
+        configuration: tens of thousands of objects) out of the garbage collector's
+        reach. Otherwise every full collection walks all of it, a pause of the loop that
+        a client waiting for its token feels (the slowloris scenario's max latency). No
+        ``gc.collect()`` first: it would be such a pause, and finds nothing here."""
         await self.first_attempts()
         gc.freeze()
 

@@ -573,7 +573,7 @@ class SocketServer:
     def when_api_loaded(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once :attr:`api` is loaded (or failed to load: then it
         stays None). The first call starts loading :mod:`tokend.api`, and with it
-        aiohttp, in a thread: the import takes ~0.2 s, which the event loop spends
+        aiohttp, in a thread: the import takes a noticeable while, which the event loop spends
         answering other clients instead of waiting."""
         self._api_waiters.append(callback)
         if self._api_loading is None:
@@ -585,7 +585,7 @@ class SocketServer:
             from tokend.api import Api
 
             self.api = Api(self)
-            gc.freeze()  # aiohttp's ~15,000 objects too: see Daemon._settle_heap
+            gc.freeze()  # aiohttp's objects too: see Daemon._settle_heap
         except Exception as exc:
             self._api_loading = None  # the next request tries again
             log.error(
