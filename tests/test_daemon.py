@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, wait_for
-from tests.reliability_util import failures_in_log, recovery_step
 from tokend.testing import FakeGoogle
-from tokend.timefmt import parse_time
 
 SA_EMAIL = "sa@fake-project.iam.gserviceaccount.com"
 
@@ -40,17 +38,17 @@ def current_token(d: Daemon) -> str | None:
     return None if data is None else str(data["access_token"])
 
 
-def rotations(d: Daemon, n: int, timeout: float) -> list[str]:
-    """Collect ``n`` distinct tokens from token.json."""
-    seen: list[str] = []
+def rotations(d: Daemon, n: int, timeout: float) -> list[tuple[str, float]]:
+    """Collect ``n`` distinct tokens from token.json, each with when it was first seen."""
+    seen: list[tuple[str, float]] = []
 
     def more() -> bool:
         tok = current_token(d)
-        if tok and (not seen or seen[-1] != tok):
-            seen.append(tok)
+        if tok and (not seen or seen[-1][0] != tok):
+            seen.append((tok, time.time()))
         return len(seen) >= n
 
-    wait_for(more, timeout, interval=0.05)
+    wait_for(more, timeout, interval=0.02)
     return seen
 
 
@@ -112,22 +110,18 @@ def test_files_rotate_before_expiry_for_every_credential_kind(
 ) -> None:
     """1. Start tokend with 3-second tokens for one credential kind.
     2. The three default files appear, 0600, in a 0700 runtime dir.
-    3. token.json rotates twice, each new token issued before the old one expired,
-       and every token belongs to the expected identity."""
+    3. token.json rotates twice, each new token in place while the one it replaced
+       was still valid, and every token belongs to the expected identity."""
     config, env, identity = _kinds(fake, short_tmp)[kind]
-    fake.lifetime = 3.0
+    fake.lifetime = 3.0  # 2 s would leave a refresh ~0.1 s before retirement (whole seconds)
     with daemon_factory(config, env=env) as d:  # type: ignore[operator]
         assert oct(d.runtime_dir.stat().st_mode & 0o777) == "0o700"
         for name in ("token", "token.json", "openai.env"):
             assert oct(d.file(name).stat().st_mode & 0o777) == "0o600", name
-        t0 = time.time()
-        first = current(d)
-        assert first is not None
-        expires = parse_time(str(first["expires_at"]))
-        tokens = rotations(d, 3, timeout=12)
-        # The second token arrived while the first was still valid.
-        assert time.time() - t0 < 12
-        assert expires > t0
+        seen = rotations(d, 3, timeout=12)
+        for (old, _), (_, replaced_at) in itertools.pairwise(seen):
+            assert replaced_at < (fake.expires_at(old) or 0.0), "replaced after it expired"
+        tokens = [tok for tok, _ in seen]
         for tok in tokens:
             assert fake.who(tok) == identity
         assert d.read("token") == tokens[-1].encode() or fake.is_valid(d.read("token").decode())
@@ -136,85 +130,6 @@ def test_files_rotate_before_expiry_for_every_credential_kind(
         if kind in ("service_account", "impersonation"):
             assert current(d)["account"] == identity
         assert "token refreshed" in d.log()
-
-
-def test_readers_never_see_partial_or_expired_tokens(
-    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
-) -> None:
-    """1. 2-second tokens; a reader thread polls all three files for 8 s.
-    2. Every read is complete (parses, matches a token FakeGoogle issued) and valid."""
-    fake.lifetime = 2.0
-    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
-        stop = time.monotonic() + 8
-        reads = bad = 0
-        problems: list[str] = []
-        while time.monotonic() < stop:
-            for name in ("token", "token.json", "openai.env"):
-                raw = d.read(name)
-                reads += 1
-                if raw is None:
-                    problems.append(f"{name} missing")
-                    continue
-                text = raw.decode()
-                if name == "token":
-                    tok = text
-                elif name == "token.json":
-                    tok = json.loads(text)["access_token"]
-                else:
-                    lines = dict(line.split("=", 1) for line in text.splitlines())
-                    tok = lines["OPENAI_API_KEY"]
-                    if int(lines["TOKEND_EXPIRES_AT"]) < int(time.time()):
-                        problems.append("env file past its expiry")
-                if not fake.is_valid(tok):
-                    bad += 1
-                    problems.append(f"{name}: invalid or expired token")
-        assert reads > 1000
-        assert problems == [] and bad == 0
-        assert fake.calls["token"] >= 4  # it really rotated underneath the reader
-
-
-def test_500s_keep_the_old_token_then_recover_with_backoff(
-    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
-) -> None:
-    """1. 20-second tokens; after the first, the endpoint answers 500 for 5 s.
-    2. SIGUSR1 forces a refresh into the failure: the old token stays in the files.
-    3. The retries back off (far fewer calls than a hot loop would make).
-    4. After the outage a new token arrives within one backoff step."""
-    fake.lifetime = 20.0
-    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
-        first = current_token(d)
-        base = fake.calls["token"]
-        fake.fail(500)
-        d.signal(signal.SIGUSR1)
-        time.sleep(5)
-        failed_calls = fake.calls["token"] - base
-        assert 2 <= failed_calls <= 6, failed_calls  # 1 + retries after ~1, 2, 4 s ceilings
-        assert current_token(d) == first
-        assert fake.is_valid(first)
-        assert "refresh failed" in d.log()
-        status = subprocess.run(
-            [sys.executable, "-m", "tokend", "status", "--json"],
-            env=d.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        profile = json.loads(status.stdout)["profiles"]["default"]
-        assert profile["state"] in ("retrying", "expired"), profile  # read while failing
-        fake.clear_faults()
-        t_heal = time.time()
-        # "One backoff step": the attempt the last failure scheduled (up to the 16 s
-        # ceiling by now, possibly after the old token retired) brings a new token.
-        wait_for(
-            lambda: (tok := current_token(d)) not in (None, first) and fake.is_valid(tok),
-            timeout=60,
-        )
-        recovery = time.time() - t_heal
-        step = recovery_step(failures_in_log(d.log()), t_heal)
-        assert recovery <= step + 3, (recovery, step)
-        times = [t for t, kind, status in fake.call_log if status == 500]
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(g >= 0.09 for g in gaps), gaps
 
 
 def test_invalid_grant_needs_reauth_and_recovers_when_the_file_changes(
@@ -243,25 +158,6 @@ def test_invalid_grant_needs_reauth_and_recovers_when_the_file_changes(
         wait_for(lambda: current_token(d) != first, timeout=5)
         assert time.monotonic() - t0 < 3
         assert fake.who(current_token(d)) == "alice@example.com"
-
-
-def test_new_identity_in_the_adc_file_replaces_the_token_at_once(
-    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
-) -> None:
-    """1. ADC (GOOGLE_APPLICATION_CREDENTIALS) is alice's login, tokens live an hour.
-    2. The file is rewritten for bob: within a second or two the files hold bob's token."""
-    adc = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
-    config = f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
-    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
-    with daemon_factory(config, env=env) as d:  # type: ignore[operator]
-        assert fake.who(current_token(d)) == "alice@example.com"
-        t0 = time.monotonic()
-        # gcloud writes a temp file and renames it over the old one.
-        fake.write_authorized_user(short_tmp / "adc.json.tmp", account="bob@example.com")
-        os.replace(short_tmp / "adc.json.tmp", adc)
-        wait_for(lambda: fake.who(current_token(d)) == "bob@example.com", timeout=5)
-        assert time.monotonic() - t0 < 3
-        assert fake.who(d.read("token").decode()) == "bob@example.com"
 
 
 def test_first_login_after_start_is_picked_up(
@@ -293,27 +189,6 @@ def test_first_login_after_start_is_picked_up(
         )
         wait_for(lambda: d.read("token.json") is not None, timeout=5)
         assert fake.who(current_token(d)) == "me@x.com"
-
-
-def test_outage_past_expiry_removes_the_files_then_recovers(
-    fake: FakeGoogle, short_tmp: Path, daemon_factory: object
-) -> None:
-    """1. 3-second tokens, then the endpoint fails with 503 for good.
-    2. When the token expires, every file is removed (no file ever holds an expired
-       token) and the log says why.
-    3. The endpoint recovers: files come back with a valid token."""
-    fake.lifetime = 3.0
-    with daemon_factory(sa_config(fake, short_tmp)) as d:  # type: ignore[operator]
-        expires = parse_time(str(current(d)["expires_at"]))
-        fake.fail(503)
-        names = ("token", "token.json", "openai.env")
-        wait_for(lambda: all(d.read(n) is None for n in names), timeout=8)
-        assert time.time() >= expires - 1
-        d.wait_log("expired with no successor")
-        fake.clear_faults()
-        d.signal(signal.SIGUSR1)
-        wait_for(lambda: d.read("token.json") is not None, timeout=10)
-        assert fake.is_valid(current_token(d))
 
 
 def test_deleted_files_and_runtime_dir_are_rewritten(

@@ -89,7 +89,7 @@ def token_in(name: str, data: bytes) -> str | None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("seconds", sizes("TOKEND_TORN_SECONDS", 15, 60))
+@pytest.mark.parametrize("seconds", sizes("TOKEND_TORN_SECONDS", 8, 60))
 def test_torn_reads(fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, seconds: float) -> None:
     """1. tokend rotates a 2-second token (a refresh every ~1.6 s).
     2. Four reader processes read token, token.json, openai.env and /v1/token in a tight
@@ -121,7 +121,7 @@ def test_torn_reads(fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, seco
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("kills", sizes("TOKEND_KILLS", 15, 100))
+@pytest.mark.parametrize("kills", sizes("TOKEND_KILLS", 8, 100))
 def test_sigkill_mid_write(fake: FakeGoogle, short_tmp: Path, kills: float) -> None:
     """1. 2-second tokens (a write every second or so: tokend rounds a token's expiry
        down to the whole second its files state) plus SIGUSR1 bursts force writes.
@@ -343,7 +343,11 @@ def test_token_endpoint_fault(
             if set(on_disk.values()) != {first}:
                 problems.append(f"files changed during the fault: {sorted(on_disk)}")
             code, body = get(sock, "/v1/token")
-            if code != 200 or json.loads(body)["access_token"] != first:
+            served = json.loads(body).get("access_token") if code == 200 else None
+            if kind == "slow" and served not in (None, first) and fake.is_valid(served):
+                landed = time.time() - t_inject  # on the socket a moment before the files
+                break
+            if served != first:
                 problems.append(f"/v1/token answered {code} during the fault")
             time.sleep(0.2)
         during = profile_status(sock)
@@ -416,7 +420,7 @@ def test_token_endpoint_fault(
 @pytest.mark.parametrize(
     ("lifetime", "outage"),
     [
-        pytest.param(4.0, knob("TOKEND_OUTAGE_SECONDS", 9), id="quick"),
+        pytest.param(4.0, knob("TOKEND_OUTAGE_SECONDS", 6), id="quick"),
         pytest.param(
             20.0, knob("TOKEND_OUTAGE_SECONDS_SLOW", 60), id="slow", marks=pytest.mark.slow
         ),
@@ -1456,14 +1460,14 @@ def test_hostile_token_answer(
     fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, kind: str
 ) -> None:
     """1. A 60-second token on disk.
-    2. For 3 s the endpoint answers 200 with a token holding ``$(...)``, a newline and a
+    2. For 2 s the endpoint answers 200 with a token holding ``$(...)``, a newline and a
        variable, or 100 kB; or with ``expires_in`` 0, negative or a century; SIGUSR1
        forces a refresh into it.
     3. Each answer is a failed refresh (``bad_response``), retried with backoff (a few
        requests, not the 45-76 per second an ``expires_in`` of 0 used to cause), and
        never written: the files and the socket keep the first token, and sourcing
        openai.env runs nothing.
-    4. The endpoint heals: a new token within a backoff step."""
+    4. The endpoint heals (and SIGUSR1): a new token."""
     fake.lifetime = 60.0
     marker = short_tmp / "pwned"
     with daemon_factory(sa_config(fake, short_tmp)) as d:
@@ -1472,7 +1476,7 @@ def test_hostile_token_answer(
         arrivals = len(fake.arrivals)
         _answer_badly(fake, kind, marker)
         d.signal(signal.SIGUSR1)
-        time.sleep(3.0)
+        time.sleep(2.0)
         requests = len(fake.arrivals) - arrivals
         snap = profile_status(sock)
         on_disk = {name: d.read(name) for name in FILES}
@@ -1483,6 +1487,7 @@ def test_hostile_token_answer(
             text=True,
         )
         fake.clear_faults()
+        d.signal(signal.SIGUSR1)  # not the backoff's next attempt: the heal is not the test
         wait_for(lambda: current_token(d) not in (None, first), timeout=70)
         log = d.log()
     figures = {
@@ -1490,7 +1495,7 @@ def test_hostile_token_answer(
         "state": snap["state"],
         "reason": snap["last_error_reason"],
         "last_error": snap["last_error"],
-        "token_requests_in_3s": requests,
+        "token_requests_in_2s": requests,
         "files_kept_first_token": all(
             token_in(n, data or b"") == first for n, data in on_disk.items()
         ),
@@ -1501,7 +1506,7 @@ def test_hostile_token_answer(
     }
     report(f"hostile_answer[{kind}]", **figures)
     assert snap["state"] == "retrying" and snap["last_error_reason"] == "bad_response", figures
-    assert 1 <= requests <= 6, figures
+    assert 1 <= requests <= 5, figures
     assert figures["files_kept_first_token"] and figures["socket_kept_first_token"], figures
     assert not marker.exists() and not figures["injected_variable"], figures
 
@@ -1543,7 +1548,7 @@ def test_run_once_refuses_a_hostile_answer(fake: FakeGoogle, short_tmp: Path, ki
 def test_config_file_that_is_not_a_file(
     fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, kind: str
 ) -> None:
-    """1. tokend runs with a config file; 4-second tokens.
+    """1. tokend runs with a config file; 3-second tokens.
     2. The config file is replaced by a FIFO nobody writes / a symlink to /dev/zero;
        the watcher reloads it.
     3. The event loop never stalls: /healthz answers every 50 ms, tokens keep rotating
@@ -1556,7 +1561,7 @@ def test_config_file_that_is_not_a_file(
 
     from tests.reliability_util import proc_figures
 
-    fake.lifetime = 4.0
+    fake.lifetime = 3.0
     with daemon_factory(sa_config(fake, short_tmp)) as d:
         sock = d.file("tokend.sock")
         rss0 = proc_figures(d.proc.pid)["rss_kib"]
@@ -1569,7 +1574,7 @@ def test_config_file_that_is_not_a_file(
         os.replace(bad, d.config_path)
         slowest = 0.0
         unhealthy = 0
-        t_end = time.time() + 6.0
+        t_end = time.time() + 4.0
         while time.time() < t_end:
             t = time.monotonic()
             unhealthy += get(sock, "/healthz", timeout=2.0)[0] != 200
