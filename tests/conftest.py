@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,69 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         return None
 
 
+def sa_config(fake: FakeGoogle, directory: Path, extra: str = "") -> str:
+    """A config whose default profile uses a throw-away service-account key (written to
+    ``directory/sa.json``), then ``extra`` TOML."""
+    creds = fake.write_service_account(directory / "sa.json")
+    return f'[profiles.default]\ncredentials = "{creds}"\n{extra}'
+
+
+def tokend_env(
+    fake: FakeGoogle,
+    runtime: Path,
+    extra: Mapping[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """The environment every ``tokend`` process of the tests gets: pointed at ``fake``
+    and at ``runtime``, a 2 s fetch timeout, no journald; then ``extra``, less ``unset``."""
+    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(runtime), "TOKEND_TIMEOUT": "2"}
+    env.pop("JOURNAL_STREAM", None)
+    env.update(extra or {})
+    for name in unset:
+        env.pop(name, None)
+    return env
+
+
+@dataclass
+class Launched:
+    """A ``tokend run`` process (:func:`launch`); its log is its own file."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM and the exit code; None if it had to be killed after ``timeout``."""
+        return terminate(self.proc, timeout)
+
+
+def launch(
+    config_path: Path,
+    log_path: Path,
+    env: dict[str, str],
+    *,
+    args: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
+    preexec_fn: Callable[[], None] | None = None,
+) -> Launched:
+    """Start ``tokend run --config config_path`` (the one way the tests start it), its
+    output appended to ``log_path``; ``prefix`` runs it under another command
+    (``setpriv …``), ``preexec_fn`` in the child before exec (resource limits)."""
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "tokend", "run", "--config", str(config_path), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=config_path.parent,
+            preexec_fn=preexec_fn,
+        )
+    return Launched(proc, log_path, env)
+
+
 @dataclass
 class Daemon:
     """A running ``tokend run`` process (see :func:`run_daemon`)."""
@@ -132,13 +195,16 @@ def run_daemon(
     directory: Path,
     config: str = "",
     *,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     args: tuple[str, ...] = (),
     unset: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Daemon]:
-    """Run the real ``tokend run`` with ``config`` (TOML text)
-    against ``fake``; stop it with SIGTERM on exit, then scan its log for secrets.
+    """Run the real ``tokend run`` with ``config`` (TOML text) against ``fake``; wait for
+    its first token (unless ``wait_ready=False``); stop it with SIGTERM on exit, then
+    scan its log for secrets.
 
     ``directory`` holds config.toml, daemon.log and the runtime dir ``rt/``.
     """
@@ -146,28 +212,16 @@ def run_daemon(
     cfg_path = directory / "config.toml"
     cfg_path.write_text(config)
     log_path = directory / "daemon.log"
-    full_env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(runtime)}
-    full_env.setdefault("TOKEND_TIMEOUT", "2")
-    full_env.pop("JOURNAL_STREAM", None)
-    full_env.update(env or {})
-    for name in unset:
-        full_env.pop(name, None)
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tokend", "run", "--config", str(cfg_path), *args],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=directory,
-        )
-    d = Daemon(proc, directory, runtime, cfg_path, log_path, fake, full_env)
+    full_env = tokend_env(fake, runtime, env, unset)
+    launched = launch(cfg_path, log_path, full_env, args=args, prefix=prefix, preexec_fn=preexec_fn)
+    d = Daemon(launched.proc, directory, runtime, cfg_path, log_path, fake, full_env)
     try:
         if wait_ready:
-            wait_for(lambda: d.log().count("token refreshed") or proc.poll() is not None, 20)
-            assert proc.poll() is None, f"tokend exited early:\n{d.log()}"
+            wait_for(lambda: "token refreshed" in d.log() or d.proc.poll() is not None, 20)
+            assert d.proc.poll() is None, f"tokend exited early:\n{d.log()}"
         yield d
     finally:
-        terminate(proc, 5.0)  # tests that care about the exit call d.stop() themselves
+        terminate(d.proc, 5.0)  # tests that care about the exit call d.stop() themselves
         d.assert_no_secrets()
 
 

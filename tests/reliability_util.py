@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import terminate
 from tokend.testing import FakeGoogle
 
 # -- sizes and reporting ----------------------------------------------------------------
@@ -157,15 +156,6 @@ def cmdline(pid: int) -> str:
 # -- a bare tokend run (for kill loops and unusual launches) ------------------------------
 
 
-def tokend_env(
-    fake: FakeGoogle, runtime: Path, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(runtime), "TOKEND_TIMEOUT": "2"}
-    env.pop("JOURNAL_STREAM", None)
-    env.update(extra or {})
-    return env
-
-
 # -- the daemon's log ---------------------------------------------------------------
 
 
@@ -194,42 +184,6 @@ def recovery_step(failures: list[tuple[float, int, float]], t_heal: float) -> fl
         return 0.0
     when, _, delay = failures[-1]
     return max(0.0, when + delay - t_heal)
-
-
-@dataclass
-class Launched:
-    """A ``tokend run`` started by :func:`launch`; its log is its own file."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM and the exit code; None if it had to be killed after ``timeout``."""
-        return terminate(self.proc, timeout)
-
-
-def launch(
-    config_path: Path,
-    log_path: Path,
-    env: dict[str, str],
-    *,
-    prefix: tuple[str, ...] = (),
-    preexec_fn: Callable[[], None] | None = None,
-) -> Launched:
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "tokend", "run", "--config", str(config_path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=config_path.parent,
-            preexec_fn=preexec_fn,
-        )
-    return Launched(proc, log_path, env)
 
 
 # -- reader processes -------------------------------------------------------------------
@@ -489,37 +443,6 @@ def judge_reads(
             if problems and (" WARNING: " in line or " ERROR: " in line)
         ][:20],
     }
-
-
-@contextlib.contextmanager
-def running(
-    fake: FakeGoogle,
-    directory: Path,
-    config: str,
-    *,
-    env: Mapping[str, str] | None = None,
-    prefix: tuple[str, ...] = (),
-    preexec_fn: Callable[[], None] | None = None,
-) -> Iterator[Any]:
-    """Like conftest's ``run_daemon`` (yields its ``Daemon`` handle, scans the log for
-    secrets at the end), with a command prefix (``setpriv …``) or a ``preexec_fn``
-    (resource limits) for the daemon."""
-    from tests.conftest import Daemon, wait_for
-
-    runtime = directory / "rt"
-    cfg_path = directory / "config.toml"
-    cfg_path.write_text(config)
-    log_path = directory / "daemon.log"
-    full_env = tokend_env(fake, runtime, env)
-    launched = launch(cfg_path, log_path, full_env, prefix=prefix, preexec_fn=preexec_fn)
-    d = Daemon(launched.proc, directory, runtime, cfg_path, log_path, fake, full_env)
-    try:
-        wait_for(lambda: "token refreshed" in d.log() or d.proc.poll() is not None, 20)
-        assert d.proc.poll() is None, f"tokend exited early:\n{d.log()}"
-        yield d
-    finally:
-        launched.stop()
-        d.assert_no_secrets()
 
 
 @contextlib.contextmanager

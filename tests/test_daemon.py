@@ -17,15 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, sa_config, wait_for
 from tokend.testing import FakeGoogle
 
 SA_EMAIL = "sa@fake-project.iam.gserviceaccount.com"
-
-
-def sa_config(fake: FakeGoogle, d: Path, extra: str = "") -> str:
-    creds = fake.write_service_account(d / "sa.json")
-    return f'[profiles.default]\ncredentials = "{creds}"\n{extra}'
 
 
 def current(d: Daemon) -> dict[str, object] | None:

@@ -30,21 +30,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import launch, run_daemon, sa_config, tokend_env, wait_for
 from tests.reliability_util import (
     assert_no_secrets,
     failures_in_log,
     get,
     judge_reads,
     knob,
-    launch,
     one_response,
     profile_status,
     readers,
     recovery_step,
     report,
     request,
-    tokend_env,
 )
 from tokend.refresher import RETIRE_MARGIN
 from tokend.testing import FakeGoogle
@@ -53,11 +51,6 @@ SA_EMAIL = "sa@fake-project.iam.gserviceaccount.com"
 FILES = ("token", "token.json", "openai.env")
 TMP_MARK = ".tokend-tmp-"
 TOKEN_RE = re.compile(r"ya29\.fake-[A-Za-z0-9_-]{44}")
-
-
-def sa_config(fake: FakeGoogle, d: Path, extra: str = "") -> str:
-    creds = fake.write_service_account(d / "sa.json")
-    return f'[profiles.default]\ncredentials = "{creds}"\n{extra}'
 
 
 def sizes(name: str, quick: float, slow: float) -> list[Any]:
@@ -616,7 +609,7 @@ def test_credentials_file_fault(fake: FakeGoogle, short_tmp: Path, kind: str) ->
        with the fix, no crash; alice's still-valid token keeps being served (bob's
        login instead replaces it at once, everywhere).
     4. The file is fixed (a new login, chmod 600): a new token within a few seconds."""
-    from tests.reliability_util import proc_figures, running
+    from tests.reliability_util import proc_figures
 
     prefix: tuple[str, ...] = ()
     if kind == "permission" and os.geteuid() == 0:
@@ -629,7 +622,7 @@ def test_credentials_file_fault(fake: FakeGoogle, short_tmp: Path, kind: str) ->
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
     state, reason, line = CRED_FAULTS[kind]
     texts: dict[str, str | bytes] = {}
-    with running(fake, short_tmp, config, env=env, prefix=prefix) as d:
+    with run_daemon(fake, short_tmp, config, env=env, prefix=prefix) as d:
         sock = d.file("tokend.sock")
         first = current_token(d)
         assert first is not None and fake.who(first) == "alice@example.com"
@@ -863,13 +856,13 @@ def test_a_thousand_concurrent_connections(fake: FakeGoogle, short_tmp: Path, no
        daemon's fd count returns to its baseline afterwards."""
     import asyncio
 
-    from tests.reliability_util import proc_figures, running
+    from tests.reliability_util import proc_figures
 
     # Past the 1024 soft limit where it applies: the daemon must lift it itself.
     n = int(knob("TOKEND_CONCURRENT", 1000 if nofile == "inherited" else 1500))
     _raise_nofile(n + 200)
     preexec = _systemd_nofile if nofile != "inherited" else None
-    with running(fake, short_tmp, sa_config(fake, short_tmp), preexec_fn=preexec) as d:
+    with run_daemon(fake, short_tmp, sa_config(fake, short_tmp), preexec_fn=preexec) as d:
         sock = str(d.file("tokend.sock"))
         token = current_token(d)
         base = proc_figures(d.proc.pid)
@@ -1108,7 +1101,7 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
     import subprocess
     import sys
 
-    from tests.reliability_util import cmdline, running
+    from tests.reliability_util import cmdline
 
     fake.lifetime = 60.0
     user = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
@@ -1119,7 +1112,9 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
         f'[profiles.broken]\ncredentials = "{short_tmp}/missing.json"\n'
     )
     texts: dict[str, str | bytes] = {}
-    with running(fake, short_tmp, config, env={"GOOGLE_APPLICATION_CREDENTIALS": str(user)}) as d:
+    with run_daemon(
+        fake, short_tmp, config, env={"GOOGLE_APPLICATION_CREDENTIALS": str(user)}
+    ) as d:
         sock = d.file("tokend.sock")
         wait_for(lambda: profile_status(sock, "broken")["state"] == "reauth_required")
         wait_for(lambda: profile_status(sock, "sa")["state"] == "fresh")
@@ -1296,11 +1291,11 @@ def test_wall_clock_step(
     4. No reader ever gets a token past its real expiry, from a file or the socket, and
        tokens keep rotating on their real schedule (backwards: before today's fix, the
        files and socket served a 20 s token 56 s past its expiry)."""
-    from tests.reliability_util import clocks, running
+    from tests.reliability_util import clocks
 
     clk = clocks(short_tmp)
     fake.lifetime = lifetime
-    with running(fake, short_tmp, sa_config(fake, short_tmp), env=clk.env()) as d:
+    with run_daemon(fake, short_tmp, sa_config(fake, short_tmp), env=clk.env()) as d:
         sock = d.file("tokend.sock")
         first = current_token(d)
         # Two readers, not four: under libfaketime every wall-clock read costs a file
@@ -1373,13 +1368,13 @@ def test_suspend_and_resume(fake: FakeGoogle, short_tmp: Path, case: str) -> Non
        break).
     4. A suspend shorter than the token's remaining life changes nothing: same token,
        same files, no request."""
-    from tests.reliability_util import clocks, running
+    from tests.reliability_util import clocks
 
     lifetime, asleep, fetching = SUSPENDS[case]
     clk = clocks(short_tmp)
     fake.lifetime = lifetime
     env = {**clk.env(), "TOKEND_TIMEOUT": "10"}
-    with running(fake, short_tmp, sa_config(fake, short_tmp), env=env) as d:
+    with run_daemon(fake, short_tmp, sa_config(fake, short_tmp), env=env) as d:
         sock = d.file("tokend.sock")
         first = current_token(d)
         assert first is not None
@@ -1661,13 +1656,12 @@ def test_credentials_touched_continuously(fake: FakeGoogle, short_tmp: Path) -> 
     3. bob's token is in every file within 2 s of his login, while the touching goes
        on: the debounce waits at most 1 s (before: each touch postponed the reload, for
        as long as the touching lasted)."""
-    from tests.reliability_util import running
 
     fake.lifetime = 60.0
     adc = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
     config = f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
-    with running(fake, short_tmp, config, env=env) as d:
+    with run_daemon(fake, short_tmp, config, env=env) as d:
         tmp = adc.with_name("adc.json.new")
         fake.write_authorized_user(tmp, account="bob@example.com")
         os.replace(tmp, adc)
@@ -1704,13 +1698,12 @@ def test_restart_adopts_only_what_it_can_verify(
        Otherwise every file of the earlier run is removed and /v1/token answers 503:
        never the bogus token, never alice's token for bob (before: both were served,
        the latter for the rest of its hour)."""
-    from tests.reliability_util import running
 
     fake.lifetime = 3600.0
     adc = fake.write_authorized_user(short_tmp / "adc.json", account="alice@example.com")
     config = f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
-    with running(fake, short_tmp, config, env=env) as d:
+    with run_daemon(fake, short_tmp, config, env=env) as d:
         first = current_token(d)
         d.proc.kill()
         d.proc.wait()

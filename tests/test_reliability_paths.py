@@ -26,19 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, terminate, wait_for
-from tests.reliability_util import assert_no_secrets, get, profile_status, report, tokend_env
+from tests.conftest import ROOT, sa_config, terminate, tokend_env, wait_for
+from tests.reliability_util import assert_no_secrets, get, profile_status, report
 from tokend.testing import FakeGoogle
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None,
     reason="needs root and useradd to create and act as another user",
 )
-
-
-def sa_config(fake: FakeGoogle, d: Path, extra: str = "") -> str:
-    creds = fake.write_service_account(d / "sa.json")
-    return f'[profiles.default]\ncredentials = "{creds}"\n{extra}'
 
 
 @dataclass

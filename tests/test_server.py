@@ -19,16 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import sa_config, wait_for
 from tests.reliability_util import request
 from tokend.testing import FakeGoogle
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
-
-
-def sa_config(fake: FakeGoogle, directory: Path, extra: str = "") -> str:
-    sa = fake.write_service_account(directory / "sa.json")
-    return f'[profiles.default]\ncredentials = "{sa}"\n{extra}'
 
 
 def get(sock: Path, target: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
