@@ -34,6 +34,7 @@ ROWS = (
 )
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(150)
 @pytest.mark.slow  # 40 s: CI (scripts/test --slow) runs it, the quick suite does not
 def test_quick_bench_prints_the_whole_table(tmp_path: Path) -> None:

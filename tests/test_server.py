@@ -374,6 +374,7 @@ def test_tokens_still_served_when_aiohttp_cannot_load(
         assert "cannot load the HTTP API (ImportError: simulated broken install)" in d.log()
 
 
+@pytest.mark.serial
 def test_fast_path_keeps_order_and_memory_for_a_client_that_does_not_read(
     daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
 ) -> None:
