@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import generate_latest
 
 from tokend import __version__, clock
+from tokend.errors import ADVICE
 from tokend.refresher import ProfileRefresher, State
 from tokend.server import (
     IDLE_TIMEOUT,
@@ -48,16 +49,6 @@ FORCED_RETRY_INTERVAL = 5.0
 #: A token fetched less than this long ago is as fresh as Google makes them: a client
 #: asking for more ``min_valid`` than a new token has must not force fetch after fetch.
 MIN_TOKEN_AGE = 1.0
-
-
-_ADVICE = {
-    "reauth_required": "run `gcloud auth application-default login`; "
-    "tokend notices the new credentials at once",
-    "credentials_missing": "create the credentials (for ADC: "
-    "`gcloud auth application-default login`) or fix the profile's `credentials` path",
-    "credentials_invalid": "replace the credentials file (for ADC: "
-    "`gcloud auth application-default login`)",
-}
 
 
 class _QuietClientErrors(logging.Filter):
@@ -238,7 +229,7 @@ class Api:
             detail = (
                 what
                 if snap.last_error
-                else f"{what}; {_ADVICE.get(error, _ADVICE['reauth_required'])}"
+                else f"{what}; {ADVICE.get(error, ADVICE['reauth_required'])}"
             )
         else:
             error = reason or snap.state.value

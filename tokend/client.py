@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from tokend import wire
-from tokend.errors import TokenUnavailable
+from tokend.errors import LOGIN, START_DAEMON, TokenUnavailable
 from tokend.paths import default_config_path, default_runtime_dir, read_regular
 
 # What `tokend token` imports is most of what it costs (scripts/bench.py): typing,
@@ -56,8 +56,7 @@ SOCKET_TIMEOUT = 15.0
 SOCKET_WAIT = 5.0
 _MAX_RESPONSE = 1 << 20
 
-_START_HINT = "start it with `systemctl --user start tokend` (or run `tokend run`)"
-_LOGIN_HINT = "if it cannot refresh, run `gcloud auth application-default login`"
+_LOGIN_HINT = f"if it cannot refresh, {LOGIN}"
 
 
 class TokenInfo:
@@ -330,7 +329,7 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
             sock.connect(os.fspath(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise _SocketError(
-                f"tokend is not running (no daemon on {path}); {_START_HINT}"
+                f"tokend is not running (no daemon on {path}); {START_DAEMON}"
             ) from None
         except PermissionError:
             raise _SocketError(

@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     ]
 
 __all__ = [
+    "ADVICE",
+    "LOGIN",
     "REASONS",
+    "START_DAEMON",
     "ConfigError",
     "CredentialsError",
     "RefreshError",
@@ -70,6 +73,20 @@ REASONS: dict[str, str] = {
     "internal_error": "a bug in tokend (logged with its traceback)",
     # The token is fine, its files are not.
     "sink_write_failed": "a token file could not be written",
+}
+
+
+#: What a person runs: the advice tokend gives, worded once for every front end.
+LOGIN = "run `gcloud auth application-default login`"
+START_DAEMON = "start it with `systemctl --user start tokend` (or run `tokend run`)"
+
+#: The fix for each reason a person must act on, when the message has none of its own.
+ADVICE: dict[str, str] = {
+    "reauth_required": f"{LOGIN}; tokend notices the new credentials at once",
+    "credentials_missing": "create the credentials (for ADC: "
+    "`gcloud auth application-default login`) or fix the profile's `credentials` path",
+    "credentials_invalid": "replace the credentials file (for ADC: "
+    "`gcloud auth application-default login`)",
 }
 
 

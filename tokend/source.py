@@ -52,7 +52,7 @@ import requests
 
 from tokend import clock, wire
 from tokend.config import ProfileConfig
-from tokend.errors import CredentialsError, RefreshError
+from tokend.errors import LOGIN, CredentialsError, RefreshError
 from tokend.paths import read_regular
 from tokend.token import Token
 
@@ -70,7 +70,6 @@ CREDENTIAL_TYPES = (
     "impersonated_service_account",
 )
 
-_LOGIN = "run `gcloud auth application-default login`"
 _CONNECT_TIMEOUT = 5.0  # cap on the TCP/TLS connect part of the timeout
 # Statuses a later attempt can outlast. google-auth's own list is 500, 502, 503, 504,
 # 408 and 429 (transport.DEFAULT_RETRYABLE_STATUS_CODES); every 5xx is transient to us.
@@ -529,7 +528,7 @@ class Source:
         if self.credential_type == "metadata":
             return "check the VM's service account"
         if self._adc:
-            return _LOGIN
+            return LOGIN
         return f"fix or replace the file named by profiles.{self.name}.credentials"
 
     def _invalid(self, what: str) -> CredentialsError:
@@ -597,9 +596,9 @@ class Source:
         if self.credential_type == "metadata":
             return "check the VM's service account and its access scopes"
         if self._adc:
-            return _LOGIN
+            return LOGIN
         if self.credential_type in ("authorized_user", "external_account_authorized_user"):
-            return f"log in again or replace {self._file} ({_LOGIN} and copy the new file there)"
+            return f"log in again or replace {self._file} ({LOGIN} and copy the new file there)"
         return f"replace {self._file} (profiles.{self.name}.credentials) with valid credentials"
 
 
