@@ -3,6 +3,9 @@ Unix socket with curl, raw sockets and tokend.client."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import json
 import os
 import pwd
@@ -13,7 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import tracemalloc
+import types
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,9 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.reliability_util import request
+from tokend import server as server_mod
+from tokend.config import Config
+from tokend.server import SocketServer
 from tokend.testing import FakeGoogle
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -521,3 +529,116 @@ def test_other_uid_refused_even_with_socket_chmod_666(
             assert d.log().count(f"from uid {uid}") == 1
     finally:
         shutil.rmtree(public, ignore_errors=True)
+
+
+# -- in process: one SocketServer on a real Unix socket, driven byte by byte --------------
+
+
+@contextlib.asynccontextmanager
+async def serving(path: Path, allow_uids: tuple[int, ...] = ()) -> AsyncIterator[SocketServer]:
+    """A :class:`SocketServer` on ``path`` for a daemon handle with no profiles (so
+    /healthz is 200 and every token request a 404 from aiohttp)."""
+    handle = types.SimpleNamespace(
+        refreshers={}, on_state_change=[], config=Config(runtime_dir=str(path.parent))
+    )
+    server = SocketServer(handle, path, allow_uids)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, str(path))
+    return s
+
+
+def _read_all(s: socket.socket) -> tuple[bytes, str]:
+    """What the server sent on ``s``, and how the connection ended: ``eof``,
+    ``reset`` or ``open`` (nothing more, and no end yet)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 16)
+        except BlockingIOError:
+            return data, "open"
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+
+
+#: One request per front end: the fast path answers /healthz itself; the same request
+#: with an empty body goes to aiohttp.
+FRONT_ENDS = {
+    "fast": b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    "aiohttp": b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("front_end", list(FRONT_ENDS))
+def test_a_client_that_does_not_read_is_bounded_then_aborted(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, front_end: str
+) -> None:
+    """1. 50 clients each push 1 MiB of pipelined requests and read nothing.
+    2. The server stops reading from each once its answers back up: what it holds for
+       them (traced Python allocations) stays under 16 KiB a connection on the fast
+       path, 64 KiB once aiohttp has it (its parser queues up to 32 parsed requests).
+    3. Answers unsent for the idle timeout (0.5 s here) get the connection aborted:
+       the client can still read the answers that reached it, then the end."""
+    import tokend.api
+
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(tokend.api, "IDLE_TIMEOUT", 0.5)
+    n = 50
+    payload = FRONT_ENDS[front_end] * ((1 << 20) // len(FRONT_ENDS[front_end]))
+    path = short_tmp / "s.sock"
+
+    async def scenario() -> dict[str, Any]:
+        async with serving(path) as server:
+            if front_end == "aiohttp":  # load it before measuring
+                warm = await _connect(path)
+                warm.send(FRONT_ENDS["aiohttp"])
+                await asyncio.sleep(0.5)
+                warm.close()
+            clients = [await _connect(path) for _ in range(n)]
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            left = [memoryview(payload) for _ in clients]
+            t0 = time.monotonic()
+            stalled_since = t0
+            while time.monotonic() - stalled_since < 0.2:  # until the server reads no more
+                for i, s in enumerate(clients):
+                    with contextlib.suppress(BlockingIOError):
+                        sent = s.send(left[i])
+                        left[i] = left[i][sent:]
+                        stalled_since = time.monotonic()
+                await asyncio.sleep(0.01)
+            held = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            open_when_stalled = len(server.connections)
+            await asyncio.sleep(0.5 + 0.3)
+            ends = [_read_all(s) for s in clients]
+            for s in clients:
+                s.close()
+            return {
+                "per_connection_bytes": held // n,
+                "sent_each": len(payload) - len(left[0]),
+                "open_when_stalled": open_when_stalled,
+                "open_after_timeout": len(server.connections),
+                "ends": sorted({end for _, end in ends}),
+                "answered": min(data.count(b"HTTP/1.1 200") for data, _ in ends),
+            }
+
+    figures = asyncio.run(scenario())
+    print(figures)
+    bound = 16 * 1024 if front_end == "fast" else 64 * 1024
+    assert figures["per_connection_bytes"] < bound, figures
+    assert figures["open_when_stalled"] == n and figures["open_after_timeout"] == 0, figures
+    assert figures["ends"] in (["eof"], ["reset"], ["eof", "reset"]), figures
+    assert figures["answered"] > 0, figures

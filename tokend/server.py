@@ -61,6 +61,16 @@ MAX_HEADERS = 32
 #: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
 #: net.core.somaxconn.
 BACKLOG = 1024
+#: The most read from one client at once, and so the most a client that does not read
+#: its answers leaves with us besides them (reading stops once they back up).
+READ_SIZE = 4 * 1024
+#: The kernel's buffer for answers a client has not read yet (SO_SNDBUF; Linux doubles
+#: it for its bookkeeping). Its default, ~208 KiB, let a client that never reads make
+#: us render some 400 answers before anything pushed back.
+SEND_BUFFER = 16 * 1024
+#: Answers queued for a client beyond what its socket buffer took; reading from it
+#: stops above this (asyncio's default is 64 KiB) and resumes below a quarter of it.
+WRITE_BUFFER = 4 * 1024
 #: Upper bounds for the query parameters (seconds).
 MAX_WAIT = 120.0
 MAX_MIN_VALID = 24 * 3600.0
@@ -138,7 +148,7 @@ def refuse_if_served(path: Path) -> bool:
     )
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection.
 
     ``connection_made`` checks the peer uid before a byte is read; a refused peer gets
@@ -154,14 +164,26 @@ class _Connection(asyncio.Protocol):
       malformed, a head split across reads, a token that must be waited for), the
       connection and every byte not yet answered go to aiohttp's protocol for good.
       Responses keep their order: fast answers are written before the handover.
+
+    What a client that sends and does not read can make us hold is bounded in both
+    modes: reads are at most READ_SIZE bytes (into one buffer shared by every
+    connection: the loop runs one read at a time), answers wait in a transport buffer
+    of WRITE_BUFFER bytes, and once that is full reading stops (aiohttp's protocol is
+    handed a transport through which its own read pauses are combined with this one,
+    see :class:`_ApiTransport`), so the rest waits in the kernel and the client's
+    ``send`` blocks. Answers left unsent for IDLE_TIMEOUT (the client stopped reading;
+    or the connection closed with answers still queued) get the connection aborted.
     """
 
     __slots__ = (
+        "_api_reads",
+        "_carry",
         "_inner",
         "_last",
         "_paused",
         "_server",
         "_stash",
+        "_stuck",
         "_timer",
         "_transport",
         "_waiting",
@@ -172,22 +194,46 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stuck: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._paused = False
-        self._waiting = False
-        self._stash = b""
+        self._paused = False  # the transport's buffer is full: reading stops
+        self._waiting = False  # for aiohttp to load
+        self._api_reads = True  # aiohttp's own wish (it pauses while its queue is full)
+        self._stash = b""  # received, not answered yet (reading stopped meanwhile)
+        self._carry = b""  # a head the last read cut short (see buffer_updated)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if not self._server.peer_allowed(transport.get_extra_info("socket")):
+        sock = transport.get_extra_info("socket")
+        if not self._server.peer_allowed(sock):
             transport.abort()  # not close(): discard what the peer sent, unread
             return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        transport.set_write_buffer_limits(WRITE_BUFFER)
         self._transport = transport
         self._server.connections.add(self)
         self._last = asyncio.get_running_loop().time()
         self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle_check)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Copied out at once: the buffer is the next connection's as soon as we return.
+        data = self._server.read_buffer[:nbytes].tobytes()
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if nbytes == READ_SIZE and self._inner is None:
+            # The read filled the buffer, so its last head is probably cut short with
+            # the rest still in the kernel: keep that for the next read rather than
+            # hand the connection to aiohttp for a split the client did not make.
+            end = data.rfind(b"\r\n\r\n") + 4
+            if end >= 4 and len(data) - end < _FAST_HEAD_MAX:
+                data, self._carry = data[:end], data[end:]
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
             return
@@ -213,7 +259,7 @@ class _Connection(asyncio.Protocol):
             response, close = answer
             transport.write(response)
             if close:
-                transport.close()
+                self.close_when_sent()
                 return
             start = end + 4
         self._last = asyncio.get_running_loop().time()
@@ -245,13 +291,26 @@ class _Connection(asyncio.Protocol):
             return
         pending, self._stash = self._stash, b""
         self._inner = api.web()
-        self._inner.connection_made(transport)
+        self._inner.connection_made(_ApiTransport(self, transport))
         if self._paused:
             self._inner.pause_writing()  # aiohttp waits for the drain itself
-            self._paused = False
-        transport.resume_reading()
+        self._sync_reading()
         if pending:
             self._inner.data_received(pending)
+
+    def api_reads(self, wanted: bool) -> None:
+        """aiohttp pauses (False) or resumes (True) reading."""
+        self._api_reads = wanted
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """In aiohttp mode: read while aiohttp wants to and the answers are leaving."""
+        if self._transport is None:
+            return
+        if self._api_reads and not self._paused:
+            self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
 
     def _idle_check(self) -> None:
         """Close a fast-mode connection that has been idle for IDLE_TIMEOUT; the timer
@@ -263,6 +322,8 @@ class _Connection(asyncio.Protocol):
         left = self._last + IDLE_TIMEOUT - loop.time()
         if left > 0:
             self._timer = loop.call_later(left, self._idle_check)
+        elif self._transport.get_write_buffer_size():
+            self._transport.abort()  # answers unsent since its last request, at least
         else:
             self._transport.close()
 
@@ -271,15 +332,38 @@ class _Connection(asyncio.Protocol):
         if self._inner is None and self._transport is not None:
             self._transport.close()
 
+    def close_when_sent(self) -> None:
+        """Close once what was answered is sent, or abort if it stays unsent for
+        IDLE_TIMEOUT (``transport.close()`` alone would wait for it forever)."""
+        if self._transport is not None:
+            self._transport.close()
+            self._if_unsent_abort()
+
+    def _if_unsent_abort(self) -> None:
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._arm_stuck()
+
+    def _arm_stuck(self) -> None:
+        if self._stuck is None:
+            self._stuck = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        self._stuck = None
+        if self._transport is not None:
+            self._transport.abort()
+
     def eof_received(self) -> bool | None:
-        if self._inner is not None:
-            return self._inner.eof_received()
-        return None  # the transport closes once what was answered is sent
+        # Unless aiohttp keeps it open, the transport closes once the answers are sent.
+        keep_open = self._inner.eof_received() if self._inner is not None else None
+        if not keep_open:
+            self._if_unsent_abort()
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._stuck):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stuck = None
         self._server.connections.discard(self)
         self._transport = None
         if self._inner is not None:
@@ -287,24 +371,93 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that sends requests without reading the answers: stop reading (and
-        # answering) until it catches up, so answers cannot pile up in memory.
+        # answering) until it catches up, so answers cannot pile up in memory; and
+        # give up on it if it does not catch up within IDLE_TIMEOUT.
+        self._paused = True
+        self._arm_stuck()
+        if self._transport is not None:
+            self._transport.pause_reading()
         if self._inner is not None:
             self._inner.pause_writing()
-        elif self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = False
+        if self._stuck is not None:
+            self._stuck.cancel()
+            self._stuck = None
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            self._if_unsent_abort()  # a new deadline for the rest
         if self._inner is not None:
             self._inner.resume_writing()
-        elif self._paused and self._transport is not None:
-            self._paused = False
-            if self._waiting:
-                return  # reading resumes when aiohttp takes over
-            self._transport.resume_reading()
-            stash, self._stash = self._stash, b""
-            if stash:
-                self.data_received(stash)
+            self._sync_reading()
+            return
+        if self._waiting:
+            return  # reading resumes when aiohttp takes over
+        transport.resume_reading()
+        stash, self._stash = self._stash, b""
+        if stash:
+            self._received(stash)
+
+
+class _ApiTransport(asyncio.Transport):
+    """The transport aiohttp's protocol is handed: the connection's own, except that
+    aiohttp's read pauses and its closes go through :class:`_Connection`. Reading then
+    stops while answers back up, whatever aiohttp's own queue of parsed requests
+    holds (aiohttp bounds that at 32 only since its 3.14 series, aio-libs/aiohttp#12830;
+    the older releases pyproject.toml allows do not bound it at all), and a close with
+    answers still queued gets the same IDLE_TIMEOUT deadline as on the fast path."""
+
+    __slots__ = ("_conn", "_real")
+
+    def __init__(self, conn: _Connection, real: asyncio.Transport) -> None:
+        super().__init__()
+        self._conn = conn
+        self._real = real
+
+    def pause_reading(self) -> None:
+        self._conn.api_reads(False)
+
+    def resume_reading(self) -> None:
+        self._conn.api_reads(True)
+
+    def is_reading(self) -> bool:
+        return self._real.is_reading()
+
+    def close(self) -> None:
+        self._conn.close_when_sent()
+
+    def abort(self) -> None:
+        self._real.abort()
+
+    def is_closing(self) -> bool:
+        return self._real.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
+
+    def write(self, data: Any) -> None:
+        self._real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._real.writelines(list_of_data)
+
+    def can_write_eof(self) -> bool:
+        return self._real.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._real.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
 
 
 class _Metrics:
@@ -434,6 +587,8 @@ class SocketServer:
         self._api_waiters: list[Callable[[], None]] = []
         self._inode: tuple[int, int] | None = None
         self._refused_logged: set[int | None] = set()
+        #: Every connection reads into this (see _Connection.get_buffer).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._changed: dict[str, asyncio.Event] = {}
         self._bodies: dict[str, tuple[Token, int, bytes]] = {}
         self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
