@@ -315,3 +315,172 @@ def test_clients_that_never_read_are_bounded_and_closed(
     assert lat[int(len(lat) * 0.99)] < 0.1 and lat[-1] < latency_bound, figures
     if waves > 1:
         assert rows[1]["rss_kib_peak"] <= rows[0]["rss_kib_peak"] + 4096, figures
+
+
+# -- 6. socket.allow_uids lets the allowed in, and tells the others why -----------------------
+
+#: Run as another user with the system interpreter: tokend.client (stdlib only) from this
+#: checkout, asked through the socket only (no runtime dir, no config); prints the token
+#: or the error, then what a raw request gets: the status line and the body.
+AS_USER = r"""
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import tokend.client as c
+try:
+    print("token", c.token(min_valid=0))
+except c.TokenUnavailable as err:
+    print("error", err)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(os.environ["TOKEND_SOCKET"])
+try:
+    s.sendall(b"GET /v1/token HTTP/1.1\r\nHost: tokend\r\n\r\n")
+except (BrokenPipeError, ConnectionResetError):
+    pass
+data, end = b"", "eof"
+try:
+    while chunk := s.recv(65536):
+        data += chunk
+        if data.count(b"\r\n\r\n") and b"Connection: close" not in data:
+            break  # keep-alive answer: one is enough
+except ConnectionResetError:
+    end = "reset"
+head, _, body = data.partition(b"\r\n\r\n")
+print("raw", json.dumps({"status": head.split(b"\r\n")[0].decode(), "body": body.decode(),
+                         "end": end}))
+"""
+
+
+@contextlib.contextmanager
+def _throwaway_users(*names: str) -> Iterator[dict[str, int]]:
+    """Create users (no home, no shell) for the test; delete them afterwards."""
+    import pwd
+    import subprocess
+
+    made = []
+    try:
+        for name in names:
+            subprocess.run(
+                ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                check=True,
+                capture_output=True,
+            )
+            made.append(name)
+        yield {name: pwd.getpwnam(name).pw_uid for name in names}
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+def _as_user(user: str, sock: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.test_server import PYTHON
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TOKEND_SOCKET": str(sock),
+        "TOKEND_RUNTIME_DIR": "/nonexistent/tokend",
+        "TOKEND_CONFIG": "/nonexistent/config.toml",
+    }
+    out = subprocess.run(
+        [PYTHON, "-I", "-c", AS_USER, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        user=user,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    raw = json.loads(lines["raw"])
+    return {"token": lines.get("token"), "error": lines.get("error"), **raw}
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)
+
+
+def _answers(sock: Path) -> bool:
+    """Whether the socket is there and answers /healthz."""
+    try:
+        return get(str(sock), "/healthz", 2.0)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create and become other users")
+@pytest.mark.skipif(not Path("/usr/sbin/useradd").exists(), reason="needs useradd")
+def test_allow_uids_lets_the_allowed_user_in_and_tells_the_other_why(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. Two throw-away users; ``socket.allow_uids`` names one. The socket is at an
+       absolute path outside the runtime dir, in a 0711 directory as an administrator
+       would make it (``pub/``; the temp dir above it is made 0711 too).
+    2. The allowed user gets the daemon's token through the socket with tokend.client
+       (on main: EACCES, the socket was 0600).
+    3. The other one gets a 403 whose JSON names its uid and socket.allow_uids, read
+       after the connection was refused, not a broken pipe; tokend.client's error says
+       so; the refusal is logged once.
+    4. The socket is 0666; deleted, it is back within 2 s and 0666 again; its directory
+       deleted with it, both are back (0711, 0666) and the allowed user gets in."""
+    tag = str(os.getpid())[-6:]
+    allowed, denied = f"tkok{tag}", f"tkno{tag}"
+    short_tmp.chmod(0o711)
+    pub = short_tmp / "pub"
+    pub.mkdir(mode=0o711)
+    pub.chmod(0o711)
+    sock = pub / "tokend.sock"
+    with _throwaway_users(allowed, denied) as uids:
+        config = sa_config(
+            fake, short_tmp, f'[socket]\npath = "{sock}"\nallow_uids = [{uids[allowed]}]\n'
+        )
+        with daemon_factory(config) as d:
+            token = current_token(d)
+            mode_at_start = _mode(sock)
+            ok = _as_user(allowed, sock)
+            no = _as_user(denied, sock)
+            refusals = d.log().count(f"from uid {uids[denied]}")
+
+            t0 = time.monotonic()
+            sock.unlink()
+            wait_for(lambda: _answers(sock), 5)
+            back_after = time.monotonic() - t0
+            mode_after_delete = _mode(sock)
+
+            import shutil
+
+            t0 = time.monotonic()
+            shutil.rmtree(pub)
+            wait_for(lambda: _answers(sock), 5)
+            dir_back_after = time.monotonic() - t0
+            modes_after_rmtree = (_mode(pub), _mode(sock))
+            again = _as_user(allowed, sock)
+    figures = {
+        "allowed": {k: ok[k] for k in ("status", "end")} | {"got_token": ok["token"] == token},
+        "refused": {k: no[k] for k in ("status", "body", "end", "error")},
+        "refusals_logged": refusals,
+        "socket_mode_at_start": mode_at_start,
+        "socket_back_after_s": round(back_after, 2),
+        "socket_mode_after_delete": mode_after_delete,
+        "dir_and_socket_back_after_s": round(dir_back_after, 2),
+        "dir_and_socket_modes_after_rmtree": modes_after_rmtree,
+        "allowed_after_rmtree": again["token"] == token,
+    }
+    report("allow_uids", **figures)
+    assert ok["token"] == token and ok["status"] == "HTTP/1.1 200 OK", figures
+    assert no["token"] is None and no["status"] == "HTTP/1.1 403 Forbidden", figures
+    import json
+
+    detail = json.loads(no["body"])["detail"]
+    assert f"uid {uids[denied]} is not allowed" in detail and "socket.allow_uids" in detail
+    assert "refused the connection" in no["error"] and "socket.allow_uids" in no["error"]
+    assert token not in no["body"] and token not in no["error"]
+    assert refusals == 1, figures
+    assert mode_at_start == mode_after_delete == "0o666", figures
+    assert back_after < 2 and dir_back_after < 2, figures
+    assert modes_after_rmtree == ("0o711", "0o666"), figures
+    assert again["token"] == token, figures

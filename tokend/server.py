@@ -5,6 +5,12 @@ expiry, and the way to ask for a refresh (``min_valid``). Access control is laye
 the socket file is 0600 inside the 0700 runtime dir, *and* every connection's peer uid
 (SO_PEERCRED / LOCAL_PEERCRED) is checked before a byte is read, so a socket that
 someone chmod-ed 666 (or a runtime dir bind-mounted elsewhere) still refuses other users.
+A refused peer is told so (a 403 with its uid and the fix) and nothing it sent is read.
+
+With ``socket.allow_uids`` the socket lives outside the runtime dir (the config
+requires an absolute ``socket.path`` then), in a directory of ours with mode 0711, and
+is itself 0666, re-applied whenever it is bound again: other users can then reach it,
+and the peer uid check is the gate.
 
 This module owns the socket, the connections and their fast path (plain GETs of
 ``/v1/token`` and ``/healthz``, see :class:`_Connection`); :mod:`tokend.api` does the
@@ -36,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tokend import clock
-from tokend.errors import ConfigError
+from tokend.errors import ConfigError, UnsafePathError
 from tokend.refresher import ProfileRefresher
 from tokend.token import Token
 
@@ -148,12 +154,66 @@ def refuse_if_served(path: Path) -> bool:
     )
 
 
+def _ensure_shared_dir(path: Path) -> None:
+    """Create the directory of a shared socket with mode 0711 (others may reach the
+    socket in it, not list it), or check an existing one: a real directory, ours, not
+    writable by group or others (who could otherwise swap the socket for their own).
+
+    Raises:
+        UnsafePathError: it is not such a directory; the message has the fix.
+    """
+    # TODO(merge): paths.ensure_shared_dir (the same, through a checked walk of the
+    # ancestors); until then only the directory itself is checked.
+    created = False
+    try:
+        os.mkdir(path, 0o700)  # the umask would take 0711's bits anyway: fchmod below
+        created = True
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise UnsafePathError(
+            f"socket.path: {path.parent} does not exist; create it (mkdir -m 755 {path.parent})"
+        ) from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise UnsafePathError(
+            f"socket.path: {path} is not a directory (or is a symlink); "
+            "tokend needs a real directory of its own there"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != os.getuid():
+            raise UnsafePathError(
+                f"socket.path: {path} is owned by uid {st.st_uid}, not by us "
+                f"(uid {os.getuid()}); use a directory of your own"
+            )
+        if created:
+            os.fchmod(fd, 0o711)
+        elif mode & 0o022:
+            raise UnsafePathError(
+                f"socket.path: {path} has mode {mode:04o}: others could replace the socket; "
+                f"fix: chmod 711 {path}"
+            )
+        elif not mode & 0o011:
+            log.warning(
+                "socket.path: %s has mode %04o: the users in socket.allow_uids cannot reach "
+                "the socket in it; fix: chmod 711 %s",
+                path,
+                mode,
+                path,
+            )
+    finally:
+        os.close(fd)
+
+
 class _Connection(asyncio.BufferedProtocol):
     """One client connection.
 
     ``connection_made`` checks the peer uid before a byte is read; a refused peer gets
-    its connection aborted without a response. After that the connection is in one of
-    two modes:
+    a short 403 saying why, then the close, and nothing of what it sent is read. After
+    that the connection is in one of two modes:
 
     * fast (the start): complete request heads that :meth:`SocketServer.fast_answer`
       recognises (a plain ``GET /v1/token`` or ``/healthz`` that can be answered at
@@ -205,8 +265,16 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
-        if not self._server.peer_allowed(sock):
-            transport.abort()  # not close(): discard what the peer sent, unread
+        refusal = self._server.refusal(sock)
+        if refusal is not None:
+            # The answer fits the socket's empty send buffer, so it leaves at once and
+            # the close follows; the peer's request is never read (the close with it
+            # unread makes the peer's recv after the answer fail with ECONNRESET).
+            transport.write(refusal)
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
             return
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
@@ -577,6 +645,16 @@ class SocketServer:
         self.daemon = daemon
         self.path = path
         self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
+        # Shared only where others can reach it: the runtime dir is 0700 whatever we do.
+        runtime = daemon.config.runtime_path
+        self.shared = bool(allow_uids) and runtime not in path.parents
+        if allow_uids and not self.shared:
+            log.warning(
+                "socket.allow_uids is set but the socket %s is inside the runtime dir "
+                "(mode 0700), where other users cannot reach it; set socket.path to an "
+                "absolute path outside it, e.g. /run/tokend/tokend.sock",
+                path,
+            )
         self.metrics = _Metrics(daemon)
         #: Open client connections (for shutdown).
         self.connections: set[_Connection] = set()
@@ -629,13 +707,18 @@ class SocketServer:
             await self.api.shutdown(SHUTDOWN_TIMEOUT)
 
     async def restore(self) -> None:
-        """Bind again if the socket file vanished (someone deleted the runtime dir):
-        the old listener serves an unreachable inode, so replace it. Connections
-        already open carry on."""
+        """Bind again if the socket file vanished (someone deleted it, or the runtime
+        dir, or the directory of a socket outside it): the old listener serves an
+        unreachable inode, so replace it. Connections already open carry on."""
         if self._listener is None or os.path.lexists(self.path):
             return
+        try:
+            listener = await self._listen()
+        except OSError as err:  # UnsafePathError too; the next change of the dir retries
+            log.error("socket %s was deleted and cannot be made again: %s", self.path, err)
+            return
         self._listener.close()
-        self._listener = await self._listen()
+        self._listener = listener
         log.info("socket %s was deleted; listening again", self.path)
 
     async def _listen(self) -> asyncio.Server:
@@ -651,17 +734,22 @@ class SocketServer:
             raise
 
     def _bind(self) -> socket.socket:
+        if self.shared:
+            _ensure_shared_dir(self.path.parent)
         self._clear_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # The umask makes the socket 0600 from its creation (no window where it is
-            # wider); the chmod is for a caller that changed the umask in between.
-            old = os.umask(0o177)
+            # The umask gives the socket its mode from its creation: 0600 with no window
+            # where it is wider, or a shared one's 0666 with no window where an allowed
+            # user would get EACCES. The chmod is for a caller that changed the umask
+            # in between.
+            mode = 0o666 if self.shared else 0o600
+            old = os.umask(0o777 & ~mode)
             try:
                 sock.bind(os.fspath(self.path))
             finally:
                 os.umask(old)
-            os.chmod(self.path, 0o600)
+            os.chmod(self.path, mode)
             st = os.lstat(self.path)
             self._inode = (st.st_dev, st.st_ino)
             sock.listen(BACKLOG)
@@ -691,15 +779,16 @@ class SocketServer:
 
     # -- access control ---------------------------------------------------------------
 
-    def peer_allowed(self, sock: Any) -> bool:
-        """Whether the peer of a new connection may use the API (our uid, root or
-        ``socket.allow_uids``); unknown means no."""
+    def refusal(self, sock: Any) -> bytes | None:
+        """None when the peer of a new connection may use the API (our uid, root or
+        ``socket.allow_uids``; unknown means no), else the whole response it gets: a
+        403 that says why and what to do."""
         try:
             uid = peer_uid(sock) if sock is not None else None
         except OSError:
             uid = None
         if uid is not None and uid in self.allowed_uids:
-            return True
+            return None
         # Once per uid: a refused client retrying in a loop must not flood the journal.
         if uid not in self._refused_logged:
             self._refused_logged.add(uid)
@@ -710,7 +799,15 @@ class SocketServer:
                 "unknown" if uid is None else uid,
                 ", ".join(str(u) for u in sorted(self.allowed_uids)),
             )
-        return False
+        if uid is None:
+            detail = "tokend cannot tell which uid is connecting, so it refuses the connection"
+        else:
+            detail = (
+                f"uid {uid} is not allowed on this socket; its owner (uid {os.getuid()}) "
+                "can add it to socket.allow_uids"
+            )
+        body = json.dumps({"error": "forbidden", "detail": detail}).encode()
+        return _response(b"403 Forbidden", body, self._http_date(), close=True)
 
     # -- plumbing ---------------------------------------------------------------------
 
