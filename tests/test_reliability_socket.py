@@ -484,3 +484,43 @@ def test_allow_uids_lets_the_allowed_user_in_and_tells_the_other_why(
     assert back_after < 2 and dir_back_after < 2, figures
     assert modes_after_rmtree == ("0o711", "0o666"), figures
     assert again["token"] == token, figures
+
+
+# -- 6. an absolute socket.path outside the runtime dir comes back --------------------------
+
+
+@pytest.mark.timeout(60)
+def test_socket_outside_the_runtime_dir_comes_back_after_a_delete(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. ``socket.path`` is absolute, in a directory of ours outside the runtime dir.
+    2. The socket file is deleted, three times: each time it is back (the watcher sees
+       the delete, the daemon binds again) within 2 s and answers /v1/token; inside the
+       runtime dir this took ~1 s already, outside it never happened (main).
+    3. It is 0600 (no allow_uids) and the daemon still removes it when it stops."""
+    pub = short_tmp / "pub"
+    pub.mkdir(mode=0o700)
+    sock = pub / "tokend.sock"
+    with daemon_factory(sa_config(fake, short_tmp, f'[socket]\npath = "{sock}"\n')) as d:
+        token = current_token(d)
+        assert get(str(sock), "/v1/token")[0] == 200
+        # Past the repair that writing the first token's files schedules (0.2 s after
+        # them): it would restore a socket deleted right now, watched or not.
+        time.sleep(0.5)
+        back: list[float | None] = []
+        for _ in range(3):
+            sock.unlink()
+            t0 = time.monotonic()
+            while not _answers(sock) and time.monotonic() - t0 < 5:
+                time.sleep(0.02)
+            back.append(round(time.monotonic() - t0, 2) if _answers(sock) else None)
+            if back[-1] is None:
+                break
+            code, body = get(str(sock), "/v1/token")
+            assert code == 200 and token and token.encode() in body
+        mode = _mode(sock) if sock.exists() else None
+        assert d.stop() == 0
+    figures = {"back_after_s": back, "mode": mode, "removed_at_stop": not sock.exists()}
+    report("socket_outside_runtime_dir", **figures)
+    assert len(back) == 3 and all(b is not None and b < 2 for b in back), figures
+    assert mode == "0o600" and figures["removed_at_stop"], figures
