@@ -205,6 +205,15 @@ def test_socket_503_detail_reaches_the_message(rt: Path, stand_in: type[StandIn]
     assert detail in str(exc.value)
 
 
+def test_socket_403_says_who_was_refused_and_the_fix(rt: Path, stand_in: type[StandIn]) -> None:
+    detail = "uid 1234 is not allowed on this socket; its owner can add it to socket.allow_uids"
+    stand_in(403, {"error": "forbidden", "detail": detail})
+    with pytest.raises(client.TokenUnavailable) as exc:
+        client.token()
+    assert "refused the connection: " + detail in str(exc.value)
+    assert "gcloud" not in str(exc.value)  # logging in again would not help
+
+
 def test_socket_that_hangs_up_means_uid_not_allowed(rt: Path, stand_in: type[StandIn]) -> None:
     stand_in(200, {}, close_silently=True)
     with pytest.raises(client.TokenUnavailable, match="allow_uids"):

@@ -3,6 +3,9 @@ Unix socket with curl, raw sockets and tokend.client."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import json
 import os
 import pwd
@@ -13,7 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import tracemalloc
+import types
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,9 @@ import pytest
 
 from tests.conftest import sa_config, wait_for
 from tests.reliability_util import request
+from tokend import server as server_mod
+from tokend.config import Config
+from tokend.server import SocketServer
 from tokend.testing import FakeGoogle
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -457,12 +465,17 @@ s.connect(sys.argv[1])
 print("connected", flush=True)
 try:
     s.sendall(b"GET /v1/token HTTP/1.1\\r\\nHost: tokend\\r\\n\\r\\n")
-    data = b""
+except (ConnectionResetError, BrokenPipeError):
+    pass  # refused before the request went out: the answer is there to read
+data = b""
+try:
     while chunk := s.recv(4096):
         data += chunk
-    print(f"reply {len(data)} bytes")
-except (ConnectionResetError, BrokenPipeError):
-    print("reset")
+except ConnectionResetError:
+    pass  # the server closed with the request unread
+head, _, body = data.partition(b"\\r\\n\\r\\n")
+print(head.split(b"\\r\\n")[0].decode() or "no answer")
+print(body.decode())
 """
 
 
@@ -485,7 +498,8 @@ def test_other_uid_refused_even_with_socket_chmod_666(
 ) -> None:
     """1. The socket is made reachable for everyone: chmod 666 and a hard link in a
        world-readable directory (the runtime dir itself stays 0700).
-    2. Root gets a token through the link; another user gets no response at all.
+    2. Root gets a token through the link; another user gets a 403 that names its uid
+       and the fix, and nothing else.
     3. The refusal is logged once, with the uid and no secret."""
     user = _throwaway_user()
     uid = pwd.getpwnam(user).pw_uid
@@ -510,10 +524,227 @@ def test_other_uid_refused_even_with_socket_chmod_666(
                     timeout=10,
                     user=user,
                 )
-                # It could connect (the file allows it), and got not a byte back.
-                assert out.stdout.splitlines()[0] == "connected", out.stderr
-                assert out.stdout.splitlines()[1] in ("reply 0 bytes", "reset"), out.stdout
+                # It could connect (the file allows it), and got only the refusal.
+                connected, status, body = out.stdout.splitlines()
+                assert connected == "connected", out.stderr
+                assert status == "HTTP/1.1 403 Forbidden", out.stdout
+                answer = json.loads(body)
+                assert answer["error"] == "forbidden", answer
+                assert f"uid {uid} is not allowed" in answer["detail"], answer
+                assert "access_token" not in body
             d.wait_log(f"from uid {uid}")
             assert d.log().count(f"from uid {uid}") == 1
     finally:
         shutil.rmtree(public, ignore_errors=True)
+
+
+# -- in process: one SocketServer on a real Unix socket, driven byte by byte --------------
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    path: Path, allow_uids: tuple[int, ...] = (), runtime: Path | None = None
+) -> AsyncIterator[SocketServer]:
+    """A :class:`SocketServer` on ``path`` for a daemon handle with no profiles (so
+    /healthz is 200 and every token request a 404 from aiohttp) and the runtime dir
+    ``runtime`` (default: the socket's directory)."""
+    config = Config(runtime_dir=str(runtime or path.parent))
+    handle = types.SimpleNamespace(refreshers={}, on_state_change=[], config=config)
+    server = SocketServer(handle, path, allow_uids)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, str(path))
+    return s
+
+
+def _read_all(s: socket.socket) -> tuple[bytes, str]:
+    """What the server sent on ``s``, and how the connection ended: ``eof``,
+    ``reset`` or ``open`` (nothing more, and no end yet)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 16)
+        except BlockingIOError:
+            return data, "open"
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+
+
+#: One request per front end: the fast path answers /healthz itself; the same request
+#: with an empty body goes to aiohttp.
+FRONT_ENDS = {
+    "fast": b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    "aiohttp": b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("front_end", list(FRONT_ENDS))
+def test_a_client_that_does_not_read_is_bounded_then_aborted(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, front_end: str
+) -> None:
+    """1. 50 clients each push 1 MiB of pipelined requests and read nothing.
+    2. The server stops reading from each once its answers back up: what it holds for
+       them (traced Python allocations) stays under 16 KiB a connection on the fast
+       path, 64 KiB once aiohttp has it (its parser queues up to 32 parsed requests).
+    3. Answers unsent for the idle timeout (0.5 s here) get the connection aborted:
+       the client can still read the answers that reached it, then the end."""
+    import tokend.api
+
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(tokend.api, "IDLE_TIMEOUT", 0.5)
+    n = 50
+    payload = FRONT_ENDS[front_end] * ((1 << 20) // len(FRONT_ENDS[front_end]))
+    path = short_tmp / "s.sock"
+
+    async def scenario() -> dict[str, Any]:
+        async with serving(path) as server:
+            if front_end == "aiohttp":  # load it before measuring
+                warm = await _connect(path)
+                warm.send(FRONT_ENDS["aiohttp"])
+                await asyncio.sleep(0.5)
+                warm.close()
+            clients = [await _connect(path) for _ in range(n)]
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            left = [memoryview(payload) for _ in clients]
+            t0 = time.monotonic()
+            stalled_since = t0
+            while time.monotonic() - stalled_since < 0.2:  # until the server reads no more
+                for i, s in enumerate(clients):
+                    with contextlib.suppress(BlockingIOError):
+                        sent = s.send(left[i])
+                        left[i] = left[i][sent:]
+                        stalled_since = time.monotonic()
+                await asyncio.sleep(0.01)
+            held = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            open_when_stalled = len(server.connections)
+            await asyncio.sleep(0.5 + 0.3)
+            ends = [_read_all(s) for s in clients]
+            for s in clients:
+                s.close()
+            return {
+                "per_connection_bytes": held // n,
+                "sent_each": len(payload) - len(left[0]),
+                "open_when_stalled": open_when_stalled,
+                "open_after_timeout": len(server.connections),
+                "ends": sorted({end for _, end in ends}),
+                "answered": min(data.count(b"HTTP/1.1 200") for data, _ in ends),
+            }
+
+    figures = asyncio.run(scenario())
+    print(figures)
+    bound = 16 * 1024 if front_end == "fast" else 64 * 1024
+    assert figures["per_connection_bytes"] < bound, figures
+    assert figures["open_when_stalled"] == n and figures["open_after_timeout"] == 0, figures
+    assert figures["ends"] in (["eof"], ["reset"], ["eof", "reset"]), figures
+    assert figures["answered"] > 0, figures
+
+
+def test_a_refused_peer_is_told_why_and_nothing_it_sent_is_read(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. A server that allows no uid at all (so we are refused; another uid would be
+       the same), three connections that each send a request.
+    2. Each gets a 403 whose JSON body names the uid and the fix, then the close; the
+       next recv fails with ECONNRESET on Linux, which is the kernel saying that the
+       request was still unread when the server closed.
+    3. One log line for the three; tokend.client's error says what to do."""
+    path = short_tmp / "s.sock"
+    monkeypatch.setenv("TOKEND_SOCKET", str(path))
+    monkeypatch.setenv("TOKEND_RUNTIME_DIR", str(short_tmp / "none"))
+    monkeypatch.setenv("TOKEND_CONFIG", str(short_tmp / "none.toml"))
+
+    async def scenario() -> tuple[list[tuple[bytes, str]], str]:
+        async with serving(path) as server:
+            server.allowed_uids = frozenset()
+            results = []
+            for _ in range(3):
+                s = await _connect(path)
+                s.send(FRONT_ENDS["fast"])
+                await asyncio.sleep(0.1)
+                results.append(_read_all(s))
+                s.close()
+
+            def ask() -> str:
+                try:
+                    tokend.client.token(min_valid=0)
+                except tokend.client.TokenUnavailable as err:
+                    return str(err)
+                return "a token"
+
+            return results, await asyncio.to_thread(ask)
+
+    import tokend.client
+
+    with caplog.at_level("WARNING", logger="tokend.server"):
+        results, client_error = asyncio.run(scenario())
+    uid = os.getuid()
+    for data, end in results:
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n"), data
+        assert b"Connection: close" in head and b"Content-Type: application/json" in head
+        answer = json.loads(body)
+        assert answer["error"] == "forbidden"
+        assert f"uid {uid} is not allowed" in answer["detail"]
+        assert "socket.allow_uids" in answer["detail"]
+        assert end == ("reset" if sys.platform.startswith("linux") else "eof"), end
+    refusals = [r for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert "refused the connection" in client_error and "socket.allow_uids" in client_error, (
+        client_error
+    )
+
+
+def test_a_shared_socket_is_0666_in_a_0711_dir_every_time_it_is_bound(short_tmp: Path) -> None:
+    """1. With allow_uids and a socket outside the runtime dir, the server creates the
+       socket's directory 0711 and the socket 0666 (the peer uid check is the gate).
+    2. The socket deleted, then its directory too: restore() brings both back, with
+       the same modes.
+    3. A directory others can write is refused with the fix; without allow_uids the
+       socket stays 0600."""
+    from tokend.errors import UnsafePathError
+
+    runtime = short_tmp / "rt"
+    runtime.mkdir(mode=0o700)
+    shared = short_tmp / "pub"
+    path = shared / "s.sock"
+
+    def modes() -> tuple[str, str]:
+        return oct(shared.stat().st_mode & 0o777), oct(path.stat().st_mode & 0o777)
+
+    async def scenario() -> list[tuple[str, str]]:
+        seen = []
+        async with serving(path, allow_uids=(12345,), runtime=runtime) as server:
+            seen.append(modes())
+            path.unlink()
+            await server.restore()
+            seen.append(modes())
+            path.unlink()
+            shared.rmdir()
+            await server.restore()
+            seen.append(modes())
+        shared.chmod(0o777)
+        with pytest.raises(UnsafePathError, match="chmod 711"):
+            async with serving(path, allow_uids=(12345,), runtime=runtime):
+                pass
+        shared.chmod(0o755)
+        async with serving(path, runtime=runtime):
+            seen.append(modes())
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[:3] == [("0o711", "0o666")] * 3, seen
+    assert seen[3] == ("0o755", "0o600"), seen

@@ -173,6 +173,99 @@ def test_notify_failure_is_quiet(short_tmp: Path, caplog: pytest.LogCaptureFixtu
     assert all(r.levelname == "DEBUG" for r in caplog.records)
 
 
+def _unread(address: str) -> socket.socket:
+    """A datagram socket at ``address`` that nobody reads: a stuck service manager."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    return sock
+
+
+def _fill(address: str) -> int:
+    """Send to ``address`` until its queue is full (EAGAIN); how many datagrams it took."""
+    n = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as s:
+        s.connect(address)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                s.send(b"STATUS=filler")
+                n += 1
+    return n
+
+
+def _drain(sock: socket.socket) -> list[list[str]]:
+    """Read every datagram queued on ``sock``: the manager catching up."""
+    out = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out.append(sock.recv(65536).decode().split("\n"))
+    return out
+
+
+def test_notify_drops_instead_of_blocking_on_a_full_queue(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. NOTIFY_SOCKET names a datagram socket nobody reads.
+    2. 100 notifications: the first ones fill its queue (net.unix.max_dgram_qlen), the
+       rest are dropped (False) at once instead of waiting for the reader.
+    3. The drops are debug-logged only."""
+    address = str(short_tmp / "notify")
+    env = {"NOTIFY_SOCKET": address}
+    with _unread(address), caplog.at_level("DEBUG", logger="tokend.service.notify"):
+        t0 = time.monotonic()
+        sent = [sd.notify(f"STATUS=update {i}", env=env) for i in range(100)]
+        took = time.monotonic() - t0
+    assert took < 1.0, f"100 notifications took {took:.2f}s"
+    assert sent[0] and not sent[-1], sent
+    assert sent == sorted(sent, reverse=True)  # sent until full, then dropped
+    assert caplog.records and all(r.levelname == "DEBUG" for r in caplog.records)
+    assert "queue is full" in caplog.records[-1].getMessage()
+
+
+def test_ready_is_retried_until_the_manager_reads(short_tmp: Path) -> None:
+    """1. The manager's queue is full when the first attempts finish: READY=1 is
+       dropped, and STATUS= updates meanwhile too.
+    2. The event loop never waits for the manager (a 10 ms ticker keeps ticking).
+    3. Once the manager reads its queue, READY=1 arrives within a retry interval,
+       carrying the current status; a later STATUS= is sent though its text had been
+       dropped before."""
+    import asyncio
+
+    address = str(short_tmp / "notify")
+    status = ["default: starting"]
+    with _unread(address) as manager:
+        assert _fill(address) > 0
+
+        async def scenario() -> tuple[float, list[list[str]], list[list[str]]]:
+            link = sd.ServiceLink(lambda: status[0], env={"NOTIFY_SOCKET": address})
+            ready = asyncio.Event()
+            link.start(lambda: ready.wait())
+            ready.set()
+            lag = 0.0
+            for _ in range(30):  # 0.3 s of retries against the full queue
+                t0 = time.monotonic()
+                await asyncio.sleep(0.01)
+                lag = max(lag, time.monotonic() - t0 - 0.01)
+            status[0] = "default: fresh, expires in 59m"
+            link.status_changed()  # dropped: the queue is still full
+            backlog = _drain(manager)
+            await asyncio.sleep(sd.READY_RETRY_MAX + 0.2)
+            caught_up = _drain(manager)
+            link.status_changed()  # same text as READY=1 carried: nothing new to send
+            status[0] = "default: refreshing"
+            link.status_changed()
+            await asyncio.sleep(0.05)
+            caught_up += _drain(manager)
+            link.stopping()
+            return lag, backlog, caught_up
+
+        lag, backlog, caught_up = asyncio.run(scenario())
+    assert lag < 0.05, f"the loop waited {lag:.3f}s"
+    assert all(m == ["STATUS=filler"] for m in backlog), backlog  # READY=1 was dropped
+    assert caught_up[0] == ["READY=1", "STATUS=default: fresh, expires in 59m"], caught_up
+    assert caught_up[1:] == [["STATUS=default: refreshing"]], caught_up
+
+
 def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert sd.watchdog_interval({"WATCHDOG_USEC": "400000"}) == 0.2
     own = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}

@@ -34,6 +34,7 @@ from tokend.server import (
     MAX_LINE,
     MAX_MIN_VALID,
     MAX_WAIT,
+    READ_SIZE,
     parse_seconds,
 )
 
@@ -107,6 +108,9 @@ class Api:
             max_field_size=MAX_FIELD,
             max_headers=MAX_HEADERS,
             lingering_time=1.0,
+            # Bounds what a request body (none is expected) may buffer before aiohttp
+            # pauses reading, through the connection (tokend.server._ApiTransport).
+            read_bufsize=READ_SIZE,
         )
         server_log = logging.getLogger("aiohttp.server")
         if _QUIET not in server_log.filters:

@@ -336,10 +336,13 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
                 f"no permission to connect to {path}; is it another user's tokend? "
                 "set TOKEND_RUNTIME_DIR or TOKEND_SOCKET to your own"
             ) from None
-        sock.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: tokend\r\nAccept: application/json\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
+        try:
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: tokend\r\nAccept: application/json\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a refused peer's request is not read: its 403 is there to read
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -375,9 +378,15 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
     head, _, body = raw.partition(b"\r\n\r\n")
     try:
         status = int(head.split(b"\r\n", 1)[0].split()[1])
-        return status, json.loads(body)
+        answer = json.loads(body)
     except (IndexError, ValueError):
         raise _SocketError(f"tokend on {path} sent a malformed answer") from None
+    if status == 403:  # the peer uid check: the detail names the uid and the fix
+        detail = answer.get("detail") if isinstance(answer, dict) else None
+        if not detail:
+            detail = f"uid {os.getuid()} is not allowed; its owner can add it to socket.allow_uids"
+        raise _SocketError(f"tokend on {path} refused the connection: {detail}", answered=True)
+    return status, answer
 
 
 def _from_socket(

@@ -343,6 +343,10 @@ class Daemon:
         targets = [self.config.runtime_path]
         if self.config_path is not None:
             targets.append(self.config_path)
+        # The socket being served (a reload does not move it), outside the runtime dir too.
+        sock = self._server.path if self._server is not None else self.config.socket_path
+        if sock is not None:
+            targets.append(sock)
         for r in self.refreshers.values():
             targets.extend(s.path for s in r.sinks)
             targets.extend(r.source.watched_paths)
@@ -358,7 +362,13 @@ class Daemon:
                 )
         runtime = self.config.runtime_path
         in_runtime = path == runtime or runtime in path.parents or path in runtime.parents
-        if in_runtime or any(path == s.path for r in self.refreshers.values() for s in r.sinks):
+        sock = self._server.path if self._server is not None else self.config.socket_path
+        at_socket = sock is not None and (path == sock or path in sock.parents)
+        if (
+            in_runtime
+            or at_socket
+            or any(path == s.path for r in self.refreshers.values() for s in r.sinks)
+        ):
             self._debounced("repair", self._repair)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -5,6 +5,12 @@ expiry, and the way to ask for a refresh (``min_valid``). Access control is laye
 the socket file is 0600 inside the 0700 runtime dir, *and* every connection's peer uid
 (SO_PEERCRED / LOCAL_PEERCRED) is checked before a byte is read, so a socket that
 someone chmod-ed 666 (or a runtime dir bind-mounted elsewhere) still refuses other users.
+A refused peer is told so (a 403 with its uid and the fix) and nothing it sent is read.
+
+With ``socket.allow_uids`` the socket lives outside the runtime dir (the config
+requires an absolute ``socket.path`` then), in a directory of ours with mode 0711, and
+is itself 0666, re-applied whenever it is bound again: other users can then reach it,
+and the peer uid check is the gate.
 
 This module owns the socket, the connections and their fast path (plain GETs of
 ``/v1/token`` and ``/healthz``, see :class:`_Connection`); :mod:`tokend.api` does the
@@ -36,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tokend import clock
-from tokend.errors import ConfigError
+from tokend.errors import ConfigError, UnsafePathError
 from tokend.refresher import ProfileRefresher
 from tokend.token import Token
 
@@ -61,6 +67,16 @@ MAX_HEADERS = 32
 #: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
 #: net.core.somaxconn.
 BACKLOG = 1024
+#: The most read from one client at once, and so the most a client that does not read
+#: its answers leaves with us besides them (reading stops once they back up).
+READ_SIZE = 4 * 1024
+#: The kernel's buffer for answers a client has not read yet (SO_SNDBUF; Linux doubles
+#: it for its bookkeeping). Its default, ~208 KiB, let a client that never reads make
+#: us render some 400 answers before anything pushed back.
+SEND_BUFFER = 16 * 1024
+#: Answers queued for a client beyond what its socket buffer took; reading from it
+#: stops above this (asyncio's default is 64 KiB) and resumes below a quarter of it.
+WRITE_BUFFER = 4 * 1024
 #: Upper bounds for the query parameters (seconds).
 MAX_WAIT = 120.0
 MAX_MIN_VALID = 24 * 3600.0
@@ -138,12 +154,66 @@ def refuse_if_served(path: Path) -> bool:
     )
 
 
-class _Connection(asyncio.Protocol):
+def _ensure_shared_dir(path: Path) -> None:
+    """Create the directory of a shared socket with mode 0711 (others may reach the
+    socket in it, not list it), or check an existing one: a real directory, ours, not
+    writable by group or others (who could otherwise swap the socket for their own).
+
+    Raises:
+        UnsafePathError: it is not such a directory; the message has the fix.
+    """
+    # TODO(merge): paths.ensure_shared_dir (the same, through a checked walk of the
+    # ancestors); until then only the directory itself is checked.
+    created = False
+    try:
+        os.mkdir(path, 0o700)  # the umask would take 0711's bits anyway: fchmod below
+        created = True
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise UnsafePathError(
+            f"socket.path: {path.parent} does not exist; create it (mkdir -m 755 {path.parent})"
+        ) from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise UnsafePathError(
+            f"socket.path: {path} is not a directory (or is a symlink); "
+            "tokend needs a real directory of its own there"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != os.getuid():
+            raise UnsafePathError(
+                f"socket.path: {path} is owned by uid {st.st_uid}, not by us "
+                f"(uid {os.getuid()}); use a directory of your own"
+            )
+        if created:
+            os.fchmod(fd, 0o711)
+        elif mode & 0o022:
+            raise UnsafePathError(
+                f"socket.path: {path} has mode {mode:04o}: others could replace the socket; "
+                f"fix: chmod 711 {path}"
+            )
+        elif not mode & 0o011:
+            log.warning(
+                "socket.path: %s has mode %04o: the users in socket.allow_uids cannot reach "
+                "the socket in it; fix: chmod 711 %s",
+                path,
+                mode,
+                path,
+            )
+    finally:
+        os.close(fd)
+
+
+class _Connection(asyncio.BufferedProtocol):
     """One client connection.
 
     ``connection_made`` checks the peer uid before a byte is read; a refused peer gets
-    its connection aborted without a response. After that the connection is in one of
-    two modes:
+    a short 403 saying why, then the close, and nothing of what it sent is read. After
+    that the connection is in one of two modes:
 
     * fast (the start): complete request heads that :meth:`SocketServer.fast_answer`
       recognises (a plain ``GET /v1/token`` or ``/healthz`` that can be answered at
@@ -154,14 +224,26 @@ class _Connection(asyncio.Protocol):
       malformed, a head split across reads, a token that must be waited for), the
       connection and every byte not yet answered go to aiohttp's protocol for good.
       Responses keep their order: fast answers are written before the handover.
+
+    What a client that sends and does not read can make us hold is bounded in both
+    modes: reads are at most READ_SIZE bytes (into one buffer shared by every
+    connection: the loop runs one read at a time), answers wait in a transport buffer
+    of WRITE_BUFFER bytes, and once that is full reading stops (aiohttp's protocol is
+    handed a transport through which its own read pauses are combined with this one,
+    see :class:`_ApiTransport`), so the rest waits in the kernel and the client's
+    ``send`` blocks. Answers left unsent for IDLE_TIMEOUT (the client stopped reading;
+    or the connection closed with answers still queued) get the connection aborted.
     """
 
     __slots__ = (
+        "_api_reads",
+        "_carry",
         "_inner",
         "_last",
         "_paused",
         "_server",
         "_stash",
+        "_stuck",
         "_timer",
         "_transport",
         "_waiting",
@@ -172,22 +254,54 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stuck: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._paused = False
-        self._waiting = False
-        self._stash = b""
+        self._paused = False  # the transport's buffer is full: reading stops
+        self._waiting = False  # for aiohttp to load
+        self._api_reads = True  # aiohttp's own wish (it pauses while its queue is full)
+        self._stash = b""  # received, not answered yet (reading stopped meanwhile)
+        self._carry = b""  # a head the last read cut short (see buffer_updated)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if not self._server.peer_allowed(transport.get_extra_info("socket")):
-            transport.abort()  # not close(): discard what the peer sent, unread
+        sock = transport.get_extra_info("socket")
+        refusal = self._server.refusal(sock)
+        if refusal is not None:
+            # The answer fits the socket's empty send buffer, so it leaves at once and
+            # the close follows; the peer's request is never read (the close with it
+            # unread makes the peer's recv after the answer fail with ECONNRESET).
+            transport.write(refusal)
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
             return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        transport.set_write_buffer_limits(WRITE_BUFFER)
         self._transport = transport
         self._server.connections.add(self)
         self._last = asyncio.get_running_loop().time()
         self._timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle_check)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Copied out at once: the buffer is the next connection's as soon as we return.
+        data = self._server.read_buffer[:nbytes].tobytes()
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if nbytes == READ_SIZE and self._inner is None:
+            # The read filled the buffer, so its last head is probably cut short with
+            # the rest still in the kernel: keep that for the next read rather than
+            # hand the connection to aiohttp for a split the client did not make.
+            end = data.rfind(b"\r\n\r\n") + 4
+            if end >= 4 and len(data) - end < _FAST_HEAD_MAX:
+                data, self._carry = data[:end], data[end:]
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
             return
@@ -213,7 +327,7 @@ class _Connection(asyncio.Protocol):
             response, close = answer
             transport.write(response)
             if close:
-                transport.close()
+                self.close_when_sent()
                 return
             start = end + 4
         self._last = asyncio.get_running_loop().time()
@@ -245,13 +359,26 @@ class _Connection(asyncio.Protocol):
             return
         pending, self._stash = self._stash, b""
         self._inner = api.web()
-        self._inner.connection_made(transport)
+        self._inner.connection_made(_ApiTransport(self, transport))
         if self._paused:
             self._inner.pause_writing()  # aiohttp waits for the drain itself
-            self._paused = False
-        transport.resume_reading()
+        self._sync_reading()
         if pending:
             self._inner.data_received(pending)
+
+    def api_reads(self, wanted: bool) -> None:
+        """aiohttp pauses (False) or resumes (True) reading."""
+        self._api_reads = wanted
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """In aiohttp mode: read while aiohttp wants to and the answers are leaving."""
+        if self._transport is None:
+            return
+        if self._api_reads and not self._paused:
+            self._transport.resume_reading()
+        else:
+            self._transport.pause_reading()
 
     def _idle_check(self) -> None:
         """Close a fast-mode connection that has been idle for IDLE_TIMEOUT; the timer
@@ -263,6 +390,8 @@ class _Connection(asyncio.Protocol):
         left = self._last + IDLE_TIMEOUT - loop.time()
         if left > 0:
             self._timer = loop.call_later(left, self._idle_check)
+        elif self._transport.get_write_buffer_size():
+            self._transport.abort()  # answers unsent since its last request, at least
         else:
             self._transport.close()
 
@@ -271,15 +400,38 @@ class _Connection(asyncio.Protocol):
         if self._inner is None and self._transport is not None:
             self._transport.close()
 
+    def close_when_sent(self) -> None:
+        """Close once what was answered is sent, or abort if it stays unsent for
+        IDLE_TIMEOUT (``transport.close()`` alone would wait for it forever)."""
+        if self._transport is not None:
+            self._transport.close()
+            self._if_unsent_abort()
+
+    def _if_unsent_abort(self) -> None:
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._arm_stuck()
+
+    def _arm_stuck(self) -> None:
+        if self._stuck is None:
+            self._stuck = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        self._stuck = None
+        if self._transport is not None:
+            self._transport.abort()
+
     def eof_received(self) -> bool | None:
-        if self._inner is not None:
-            return self._inner.eof_received()
-        return None  # the transport closes once what was answered is sent
+        # Unless aiohttp keeps it open, the transport closes once the answers are sent.
+        keep_open = self._inner.eof_received() if self._inner is not None else None
+        if not keep_open:
+            self._if_unsent_abort()
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._stuck):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stuck = None
         self._server.connections.discard(self)
         self._transport = None
         if self._inner is not None:
@@ -287,24 +439,93 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that sends requests without reading the answers: stop reading (and
-        # answering) until it catches up, so answers cannot pile up in memory.
+        # answering) until it catches up, so answers cannot pile up in memory; and
+        # give up on it if it does not catch up within IDLE_TIMEOUT.
+        self._paused = True
+        self._arm_stuck()
+        if self._transport is not None:
+            self._transport.pause_reading()
         if self._inner is not None:
             self._inner.pause_writing()
-        elif self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = False
+        if self._stuck is not None:
+            self._stuck.cancel()
+            self._stuck = None
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            self._if_unsent_abort()  # a new deadline for the rest
         if self._inner is not None:
             self._inner.resume_writing()
-        elif self._paused and self._transport is not None:
-            self._paused = False
-            if self._waiting:
-                return  # reading resumes when aiohttp takes over
-            self._transport.resume_reading()
-            stash, self._stash = self._stash, b""
-            if stash:
-                self.data_received(stash)
+            self._sync_reading()
+            return
+        if self._waiting:
+            return  # reading resumes when aiohttp takes over
+        transport.resume_reading()
+        stash, self._stash = self._stash, b""
+        if stash:
+            self._received(stash)
+
+
+class _ApiTransport(asyncio.Transport):
+    """The transport aiohttp's protocol is handed: the connection's own, except that
+    aiohttp's read pauses and its closes go through :class:`_Connection`. Reading then
+    stops while answers back up, whatever aiohttp's own queue of parsed requests
+    holds (aiohttp bounds that at 32 only since its 3.14 series, aio-libs/aiohttp#12830;
+    the older releases pyproject.toml allows do not bound it at all), and a close with
+    answers still queued gets the same IDLE_TIMEOUT deadline as on the fast path."""
+
+    __slots__ = ("_conn", "_real")
+
+    def __init__(self, conn: _Connection, real: asyncio.Transport) -> None:
+        super().__init__()
+        self._conn = conn
+        self._real = real
+
+    def pause_reading(self) -> None:
+        self._conn.api_reads(False)
+
+    def resume_reading(self) -> None:
+        self._conn.api_reads(True)
+
+    def is_reading(self) -> bool:
+        return self._real.is_reading()
+
+    def close(self) -> None:
+        self._conn.close_when_sent()
+
+    def abort(self) -> None:
+        self._real.abort()
+
+    def is_closing(self) -> bool:
+        return self._real.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
+
+    def write(self, data: Any) -> None:
+        self._real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._real.writelines(list_of_data)
+
+    def can_write_eof(self) -> bool:
+        return self._real.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._real.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
 
 
 class _Metrics:
@@ -424,6 +645,16 @@ class SocketServer:
         self.daemon = daemon
         self.path = path
         self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
+        # Shared only where others can reach it: the runtime dir is 0700 whatever we do.
+        runtime = daemon.config.runtime_path
+        self.shared = bool(allow_uids) and runtime not in path.parents
+        if allow_uids and not self.shared:
+            log.warning(
+                "socket.allow_uids is set but the socket %s is inside the runtime dir "
+                "(mode 0700), where other users cannot reach it; set socket.path to an "
+                "absolute path outside it, e.g. /run/tokend/tokend.sock",
+                path,
+            )
         self.metrics = _Metrics(daemon)
         #: Open client connections (for shutdown).
         self.connections: set[_Connection] = set()
@@ -434,6 +665,8 @@ class SocketServer:
         self._api_waiters: list[Callable[[], None]] = []
         self._inode: tuple[int, int] | None = None
         self._refused_logged: set[int | None] = set()
+        #: Every connection reads into this (see _Connection.get_buffer).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._changed: dict[str, asyncio.Event] = {}
         self._bodies: dict[str, tuple[Token, int, bytes]] = {}
         self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
@@ -474,13 +707,18 @@ class SocketServer:
             await self.api.shutdown(SHUTDOWN_TIMEOUT)
 
     async def restore(self) -> None:
-        """Bind again if the socket file vanished (someone deleted the runtime dir):
-        the old listener serves an unreachable inode, so replace it. Connections
-        already open carry on."""
+        """Bind again if the socket file vanished (someone deleted it, or the runtime
+        dir, or the directory of a socket outside it): the old listener serves an
+        unreachable inode, so replace it. Connections already open carry on."""
         if self._listener is None or os.path.lexists(self.path):
             return
+        try:
+            listener = await self._listen()
+        except OSError as err:  # UnsafePathError too; the next change of the dir retries
+            log.error("socket %s was deleted and cannot be made again: %s", self.path, err)
+            return
         self._listener.close()
-        self._listener = await self._listen()
+        self._listener = listener
         log.info("socket %s was deleted; listening again", self.path)
 
     async def _listen(self) -> asyncio.Server:
@@ -496,17 +734,22 @@ class SocketServer:
             raise
 
     def _bind(self) -> socket.socket:
+        if self.shared:
+            _ensure_shared_dir(self.path.parent)
         self._clear_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # The umask makes the socket 0600 from its creation (no window where it is
-            # wider); the chmod is for a caller that changed the umask in between.
-            old = os.umask(0o177)
+            # The umask gives the socket its mode from its creation: 0600 with no window
+            # where it is wider, or a shared one's 0666 with no window where an allowed
+            # user would get EACCES. The chmod is for a caller that changed the umask
+            # in between.
+            mode = 0o666 if self.shared else 0o600
+            old = os.umask(0o777 & ~mode)
             try:
                 sock.bind(os.fspath(self.path))
             finally:
                 os.umask(old)
-            os.chmod(self.path, 0o600)
+            os.chmod(self.path, mode)
             st = os.lstat(self.path)
             self._inode = (st.st_dev, st.st_ino)
             sock.listen(BACKLOG)
@@ -536,15 +779,16 @@ class SocketServer:
 
     # -- access control ---------------------------------------------------------------
 
-    def peer_allowed(self, sock: Any) -> bool:
-        """Whether the peer of a new connection may use the API (our uid, root or
-        ``socket.allow_uids``); unknown means no."""
+    def refusal(self, sock: Any) -> bytes | None:
+        """None when the peer of a new connection may use the API (our uid, root or
+        ``socket.allow_uids``; unknown means no), else the whole response it gets: a
+        403 that says why and what to do."""
         try:
             uid = peer_uid(sock) if sock is not None else None
         except OSError:
             uid = None
         if uid is not None and uid in self.allowed_uids:
-            return True
+            return None
         # Once per uid: a refused client retrying in a loop must not flood the journal.
         if uid not in self._refused_logged:
             self._refused_logged.add(uid)
@@ -555,7 +799,15 @@ class SocketServer:
                 "unknown" if uid is None else uid,
                 ", ".join(str(u) for u in sorted(self.allowed_uids)),
             )
-        return False
+        if uid is None:
+            detail = "tokend cannot tell which uid is connecting, so it refuses the connection"
+        else:
+            detail = (
+                f"uid {uid} is not allowed on this socket; its owner (uid {os.getuid()}) "
+                "can add it to socket.allow_uids"
+            )
+        body = json.dumps({"error": "forbidden", "detail": detail}).encode()
+        return _response(b"403 Forbidden", body, self._http_date(), close=True)
 
     # -- plumbing ---------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ systemd hands a ``Type=notify`` service the address of a datagram socket in
 (``tokend run`` in a terminal, under launchd) every call here is a silent no-op, and
 a failure to send is only debug-logged: the manager being unreachable must never
 disturb the daemon. A leading ``@`` names a socket in Linux's abstract namespace.
+
+Sending never blocks: the manager's queue of unread datagrams is short
+(``net.unix.max_dgram_qlen``, 10 by default), and a blocking send to a full one waits
+until the manager reads, which froze the whole event loop (``/healthz``, refreshes)
+when nobody did. A message that finds the queue full is dropped instead; ``STATUS=``
+is sent again by the next update or keepalive, and ``READY=1`` is retried (see
+:class:`ServiceLink`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: Without a watchdog, STATUS= ("expires in 52m10s") is still refreshed this often.
 STATUS_REFRESH = 30.0
+#: A READY=1 the manager's full queue refused is sent again after this many seconds,
+#: doubling up to READY_RETRY_MAX.
+READY_RETRY_FIRST = 0.05
+READY_RETRY_MAX = 1.0
 
 
 def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
@@ -41,7 +52,9 @@ def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
         env: where to read ``NOTIFY_SOCKET`` (default: the process environment).
 
     Returns:
-        True when the datagram was sent; False without ``NOTIFY_SOCKET`` or on failure.
+        True when the datagram was sent; False without ``NOTIFY_SOCKET`` or on failure,
+        including a full queue at the manager (the datagram is dropped, never waited
+        for: this runs on the event loop).
     """
     address = (os.environ if env is None else env).get("NOTIFY_SOCKET", "")
     if not address or not fields:
@@ -52,10 +65,14 @@ def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
         log.debug("NOTIFY_SOCKET %r: unsupported address, not notifying", address)
         return False
     payload = "\n".join(f.replace("\n", " ") for f in fields).encode()
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall(payload)
+            sock.send(payload)  # one datagram: sent whole or not at all
+    except BlockingIOError:
+        log.debug("sd_notify to %r dropped: the service manager's queue is full", address)
+        return False
     except OSError as err:
         log.debug("sd_notify to %r failed: %s", address, err)
         return False
@@ -111,6 +128,14 @@ class ServiceLink:
     """The daemon's side of the conversation with systemd; inert without
     ``NOTIFY_SOCKET``.
 
+    A message the manager's full queue refuses is dropped (see :func:`notify`), which
+    is harmless for all but one: ``STATUS=`` counts as sent only once it was, so the
+    next state change or keepalive sends the current text; ``WATCHDOG=1`` comes again
+    within half the watchdog interval. A lost ``READY=1`` would leave the unit
+    "activating" (or "reloading") until ``TimeoutStartSec`` fails it, so it is retried
+    from a timer, READY_RETRY_FIRST doubling to READY_RETRY_MAX seconds apart, until
+    the manager takes it or the daemon stops: each try is one non-blocking send.
+
     Args:
         status: returns the current ``STATUS=`` text (called on the loop).
         env: the environment to read (default: the process environment).
@@ -122,7 +147,9 @@ class ServiceLink:
         self.watchdog = watchdog_interval(self._env) if self.enabled else None
         self._status = status
         self._last_status = ""
-        self._ready = False  # READY=1 sent: reloads may announce themselves
+        self._ready = False  # READY=1 is due: reloads may announce themselves
+        self._ready_retry: asyncio.TimerHandle | None = None  # a READY=1 not yet taken
+        self._ready_delay = READY_RETRY_FIRST
         self._task: asyncio.Task[None] | None = None
 
     def send(self, *fields: str) -> bool:
@@ -133,9 +160,8 @@ class ServiceLink:
         if not self.enabled:
             return
         text = self._status()
-        if text != self._last_status:
+        if text != self._last_status and self.send(f"STATUS={text}"):
             self._last_status = text
-            self.send(f"STATUS={text}")
 
     def start(self, first_attempts: Callable[[], Awaitable[None]]) -> None:
         """Start pinging the watchdog now, and send ``READY=1`` once
@@ -145,22 +171,44 @@ class ServiceLink:
 
     def reloading(self) -> None:
         """``RELOADING=1`` before a configuration reload (after readiness only: the
-        ``READY=1`` that ends a reload must not announce an unfinished start)."""
-        if self._ready:
+        ``READY=1`` that ends a reload must not announce an unfinished start, and
+        while the start's ``READY=1`` is still being retried the manager has not seen
+        the start finish)."""
+        if self._ready and self._ready_retry is None:
             # systemd >= 253 wants the monotonic time of the reload's start with it.
             self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def reloaded(self) -> None:
         if self._ready:
-            self.send("READY=1")
-            self.status_changed()
+            self._cancel_ready_retry()
+            self._send_ready()
 
     def stopping(self) -> None:
         """``STOPPING=1``; the watchdog stops too (a stopping daemon is not hung)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._cancel_ready_retry()
         self.send("STOPPING=1", "STATUS=stopping")
+
+    def _send_ready(self) -> None:
+        """``READY=1`` with the current status, retried from a timer until taken."""
+        self._ready_retry = None
+        text = self._status()
+        if self.send("READY=1", f"STATUS={text}"):
+            self._last_status = text
+            self._ready_delay = READY_RETRY_FIRST
+            log.debug("told the service manager we are ready")
+            return
+        loop = asyncio.get_running_loop()
+        self._ready_retry = loop.call_later(self._ready_delay, self._send_ready)
+        self._ready_delay = min(2 * self._ready_delay, READY_RETRY_MAX)
+
+    def _cancel_ready_retry(self) -> None:
+        if self._ready_retry is not None:
+            self._ready_retry.cancel()
+            self._ready_retry = None
+        self._ready_delay = READY_RETRY_FIRST
 
     async def _run(self, first_attempts: Callable[[], Awaitable[None]]) -> None:
         pinger = asyncio.ensure_future(self._keepalive())
@@ -168,10 +216,8 @@ class ServiceLink:
             # A failed first attempt counts as finished: a laptop booting offline must
             # not fail its start; the status line says what is wrong instead.
             await first_attempts()
-            self._last_status = self._status()
-            self.send("READY=1", f"STATUS={self._last_status}")
             self._ready = True
-            log.debug("told the service manager we are ready")
+            self._send_ready()
             await pinger
         finally:
             pinger.cancel()
