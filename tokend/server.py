@@ -42,7 +42,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tokend import clock
-from tokend.errors import ConfigError, UnsafePathError
+from tokend.errors import ConfigError
+from tokend.paths import ensure_shared_dir
 from tokend.refresher import ProfileRefresher
 from tokend.token import Token
 
@@ -155,57 +156,19 @@ def refuse_if_served(path: Path) -> bool:
 
 
 def _ensure_shared_dir(path: Path) -> None:
-    """Create the directory of a shared socket with mode 0711 (others may reach the
-    socket in it, not list it), or check an existing one: a real directory, ours, not
-    writable by group or others (who could otherwise swap the socket for their own).
-
-    Raises:
-        UnsafePathError: it is not such a directory; the message has the fix.
-    """
-    # TODO(merge): paths.ensure_shared_dir (the same, through a checked walk of the
-    # ancestors); until then only the directory itself is checked.
-    created = False
-    try:
-        os.mkdir(path, 0o700)  # the umask would take 0711's bits anyway: fchmod below
-        created = True
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        raise UnsafePathError(
-            f"socket.path: {path.parent} does not exist; create it (mkdir -m 755 {path.parent})"
-        ) from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        raise UnsafePathError(
-            f"socket.path: {path} is not a directory (or is a symlink); "
-            "tokend needs a real directory of its own there"
-        ) from None
-    try:
-        st = os.fstat(fd)
-        mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid != os.getuid():
-            raise UnsafePathError(
-                f"socket.path: {path} is owned by uid {st.st_uid}, not by us "
-                f"(uid {os.getuid()}); use a directory of your own"
-            )
-        if created:
-            os.fchmod(fd, 0o711)
-        elif mode & 0o022:
-            raise UnsafePathError(
-                f"socket.path: {path} has mode {mode:04o}: others could replace the socket; "
-                f"fix: chmod 711 {path}"
-            )
-        elif not mode & 0o011:
-            log.warning(
-                "socket.path: %s has mode %04o: the users in socket.allow_uids cannot reach "
-                "the socket in it; fix: chmod 711 %s",
-                path,
-                mode,
-                path,
-            )
-    finally:
-        os.close(fd)
+    """The directory of a shared socket: created 0711 (others may reach the socket in
+    it, not list it) or checked, ancestors included (:func:`tokend.paths.ensure_shared_dir`);
+    a warning when the allowed users could not reach the socket in it."""
+    ensure_shared_dir(path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o011:
+        log.warning(
+            "socket.path: %s has mode %04o: the users in socket.allow_uids cannot reach "
+            "the socket in it; fix: chmod 711 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 class _Connection(asyncio.BufferedProtocol):
