@@ -1,5 +1,10 @@
-"""The reliability and security battery (issue 5): the real ``tokend run`` against
-FakeGoogle under faults, load and hostile input.
+"""The reliability and security battery: the real ``tokend run`` against FakeGoogle
+under faults, load and hostile input, faults injected at the OS boundary or in the fake.
+
+Sections: torn reads, SIGKILL mid-write, endpoint faults, credentials files, disks,
+socket abuse, secrets, the soak (1-8); time jumps (suspend, clock steps), hostile
+answers, files that are not files, deadlines, restarts, what a new user met (9-14);
+trust in directories; the socket and the service manager.
 
 Each test is a scenario with numbered steps. Sizes come in a quick variant (the default
 run) and a ``slow`` one (``scripts/test --slow``, CI); environment variables override
@@ -16,21 +21,29 @@ deleted files and runtime dir (test_daemon.py::test_deleted_files_and_runtime_di
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import pwd
 import random
 import re
 import shutil
 import signal
+import socket
+import stat
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import launch, run_daemon, sa_config, tokend_env, wait_for
+from tests.conftest import ROOT, launch, run_daemon, sa_config, terminate, tokend_env, wait_for
 from tests.reliability_util import (
     assert_no_secrets,
     failures_in_log,
@@ -240,9 +253,6 @@ def current_token(d: Any) -> str | None:
 
 
 def status_cli(d: Any) -> tuple[int, dict[str, Any]]:
-    import subprocess
-    import sys
-
     out = subprocess.run(
         [sys.executable, "-m", "tokend", "status", "--json"],
         env=d.env,
@@ -1101,9 +1111,6 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
        TokenUnavailable message the client raises; the daemon log.
     3. No value FakeGoogle handed out appears in any of them (the child does get
        OPENAI_API_KEY in its environment, which is the point of exec)."""
-    import subprocess
-    import sys
-
     from tests.reliability_util import cmdline
 
     fake.lifetime = 60.0
@@ -1518,9 +1525,6 @@ def test_run_once_refuses_a_hostile_answer(fake: FakeGoogle, short_tmp: Path, ki
     """``tokend run --once`` against an endpoint answering a hostile token or an
     already-expired one: exit 3 with one line, nothing written (before: the expired
     token was written and the exit was 0)."""
-    import subprocess
-    import sys
-
     marker = short_tmp / "pwned"
     config = short_tmp / "config.toml"
     config.write_text(sa_config(fake, short_tmp))
@@ -1557,9 +1561,6 @@ def test_config_file_that_is_not_a_file(
        configuration is kept, SIGTERM stops it at once (before: a FIFO froze the loop
        and an expired token.json stayed on disk).
     4. ``tokend run`` started on that file: exit 2, one line."""
-    import subprocess
-    import sys
-
     from tests.reliability_util import proc_figures
 
     fake.lifetime = 3.0
@@ -1763,9 +1764,6 @@ def test_run_once_while_a_daemon_runs_is_refused(
     """``tokend run --once`` while a daemon serves the same runtime dir: exit 2 with one
     line, the daemon's files untouched (before: it silently overwrote them, and file
     and socket then disagreed)."""
-    import subprocess
-    import sys
-
     with daemon_factory(sa_config(fake, short_tmp)) as d:
         before = {n: os.stat(d.file(n)).st_ino for n in FILES}
         calls = fake.calls["token"]
@@ -1793,11 +1791,6 @@ def test_files_left_by_a_stopped_daemon_are_refused_once_expired(
     2. Once the token has expired, every tokend client refuses the file: ``tokend
        token`` exits 1 with what to do, ``. tokend-env.sh`` returns 1 and sets nothing;
        token.json and openai.env state the expiry for other readers."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     fake.lifetime = 3.0
     config = short_tmp / "config.toml"
     config.write_text(sa_config(fake, short_tmp))
@@ -1837,3 +1830,914 @@ def test_files_left_by_a_stopped_daemon_are_refused_once_expired(
     assert "readers must check its expires_at" in once.stderr, figures
     assert cli.returncode == 1 and tok not in cli.stdout and "expired" in cli.stderr, figures
     assert shim.stdout.strip() == "rc=1 key=", figures
+
+
+# == trust in directories, checked where the write happens; one default runtime dir ======
+# (issue 9 §4 and §6.) Faults come from another uid, a throw-away user made for these
+# scenarios and deleted after them, acting on the filesystem, or from the configuration.
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="needs root and useradd to create and act as another user",
+)
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, *argv: str) -> None:
+        """Run ``argv`` as this user (no supplementary groups), failing loudly."""
+        subprocess.run(argv, check=True, user=self.uid, group=self.gid, extra_groups=[], timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mallory() -> Iterator[User]:
+    """A throw-away local user, deleted at the end of the module."""
+    name = f"tkp{os.getpid() % 100000}"
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        pw = pwd.getpwnam(name)
+        yield User(name, pw.pw_uid, pw.pw_gid)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def her_dir(mallory: User) -> Iterator[Path]:
+    """Her own directory in /tmp, which she wants our tokens in."""
+    d = Path(tempfile.mkdtemp(prefix="tkh", dir="/tmp"))
+    os.chown(d, mallory.uid, mallory.gid)
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+#: A refusal comes at once (well under a second); a tokend still running after this
+#: has started instead.
+REFUSE_WITHIN = 8.0
+
+
+def start_refused(
+    fake: FakeGoogle,
+    directory: Path,
+    config: str,
+    runtime: Path | None,
+    env: dict[str, str] | None = None,
+) -> tuple[int | None, list[str], float]:
+    """``tokend run`` that must refuse to start: (exit code, stderr lines, seconds).
+    ``runtime`` is TOKEND_RUNTIME_DIR, or None to unset it and XDG_RUNTIME_DIR, so that
+    the default applies. Exit code None: it was still running after REFUSE_WITHIN s."""
+    cfg = directory / "config.toml"
+    cfg.write_text(config)
+    full = tokend_env(fake, runtime or directory / "rt", env)
+    if runtime is None:
+        full.pop("TOKEND_RUNTIME_DIR")
+        full.pop("XDG_RUNTIME_DIR", None)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokend", "run", "--config", str(cfg)],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=REFUSE_WITHIN)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:  # it started: that is the failure being shown
+        terminate(proc, 5.0)
+        _, err = proc.communicate()
+        code = None
+    return code, err.strip().splitlines(), time.monotonic() - t0
+
+
+def is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def token_served(sock: Path) -> str | None:
+    code, body = get(sock, "/v1/token")
+    return json.loads(body)["access_token"] if code == 200 else None
+
+
+# -- a. the runtime dir (or a sink's dir) swapped for her symlink while tokend runs -------
+
+
+def _swap_layout(fake: FakeGoogle, top: Path, target: str) -> tuple[str, dict[str, str], Path]:
+    """(config, env, the directory she will swap). ``top`` is traversable by her; the
+    swapped directory's parent is safe (0755, root's) at start."""
+    top.chmod(0o755)
+    parent = top / "par"
+    parent.mkdir(mode=0o755)
+    parent.chmod(0o755)
+    sock = f'[socket]\npath = "{top}/tokend.sock"\n'
+    if target == "runtime_dir":
+        return (
+            sock + sa_config(fake, top),
+            {"TOKEND_RUNTIME_DIR": str(parent / "rt")},
+            parent / "rt",
+        )
+    sub = parent / "sub"
+    sub.mkdir(mode=0o755)
+    sinks = (
+        f'[[profiles.default.sinks]]\npath = "{sub}/token"\n'
+        f'[[profiles.default.sinks]]\npath = "{sub}/token.json"\nformat = "json"\n'
+    )
+    return sock + sa_config(fake, top, sinks), {}, sub
+
+
+@needs_root
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["runtime_dir", "absolute_sink"])
+def test_swapped_directory_receives_nothing(
+    fake: FakeGoogle,
+    short_tmp: Path,
+    daemon_factory: Any,
+    mallory: User,
+    her_dir: Path,
+    target: str,
+) -> None:
+    """1. tokend runs; the runtime dir (or the directory of an absolute sink,
+       ``par/sub/token``) sits in ``par``, root's and 0755: safe at start.
+    2. ``par`` is loosened to 0777 (no sticky bit). She renames the directory away and
+       puts a symlink to her own directory in its place.
+    3. SIGUSR1 forces a refresh and so a write, then the sink retries run for a while.
+    4. Nothing is ever written into her directory; the new token is served on the
+       socket; status names the refusal; the process lives on and stops cleanly."""
+    config, env, swapped = _swap_layout(fake, short_tmp, target)
+    sock = short_tmp / "tokend.sock"
+    with daemon_factory(config, env=env) as d:
+        first = token_served(sock)
+        assert first is not None and (swapped / "token").exists()
+        issued = len(fake.issued)
+        # -- the attack
+        swapped.parent.chmod(0o777)
+        mallory.run("mv", str(swapped), f"{swapped}.old")
+        mallory.run("ln", "-s", str(her_dir), str(swapped))
+        t0 = time.time()
+        d.signal(signal.SIGUSR1)
+        wait_for(lambda: len(fake.issued) > issued, timeout=10)
+        wait_for(
+            lambda: (
+                os.listdir(her_dir)
+                or profile_status(sock)["last_error_reason"] == "sink_write_failed"
+            ),
+            timeout=5,
+        )
+        time.sleep(2.5)  # a few sink retries (one a second) and repair attempts
+        found = sorted(os.listdir(her_dir))
+        served = token_served(sock)
+        snap = profile_status(sock)
+        alive = d.proc.poll() is None
+        log = d.log()
+        code = d.stop()
+    refusal = f"{swapped.parent}: mode 0777 is group/world writable without the sticky bit"
+    figures = {
+        "target": target,
+        "files_in_her_dir": found,
+        "socket_served_new_token": served not in (None, first),
+        "status_reason": snap["last_error_reason"],
+        "refusal_in_status": refusal in snap["last_error"],
+        "error_lines_logged": log.count("the previous file is left intact"),
+        "alive_after_s": round(time.time() - t0, 1),
+        "exit_code": code,
+        "secrets_scanned_texts": assert_no_secrets(fake, {"log": log, "status": str(snap)}),
+    }
+    report(f"paths[swap {target}]", **figures)
+    assert found == [], figures
+    assert alive and code == 0, figures
+    assert served not in (None, first) and fake.is_valid(served or ""), figures
+    assert snap["last_error_reason"] == "sink_write_failed" and refusal in snap["last_error"]
+    assert figures["error_lines_logged"] == 1, figures  # logged once, not once per retry
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["runtime_dir", "absolute_sink"])
+def test_swappable_directory_is_refused_at_start(
+    fake: FakeGoogle, short_tmp: Path, target: str
+) -> None:
+    """1. The runtime dir's parent (or, for ``pub/sub/token``, the sink directory's
+       parent ``pub``) is world writable without the sticky bit from the start.
+    2. ``tokend run`` exits 2 at once with one line naming that directory and the fix.
+    3. Nothing is written: no runtime dir, no token file."""
+    loose = short_tmp / "pub"
+    loose.mkdir()
+    loose.chmod(0o777)
+    if target == "runtime_dir":
+        runtime = loose / "rt"
+        config = sa_config(fake, short_tmp)
+        written = runtime
+    else:
+        runtime = short_tmp / "rt"
+        (loose / "sub").mkdir(mode=0o755)
+        written = loose / "sub" / "token"
+        config = sa_config(fake, short_tmp, f'[[profiles.default.sinks]]\npath = "{written}"\n')
+    code, lines, seconds = start_refused(fake, short_tmp, config, runtime)
+    figures = {
+        "target": target,
+        "exit_code": code,
+        "stderr_lines": len(lines),
+        "seconds": round(seconds, 2),
+        "written": written.exists(),
+    }
+    report(f"paths[refused at start {target}]", **figures)
+    assert code == 2 and len(lines) == 1, (figures, lines)
+    assert f"{loose}: mode 0777 is group/world writable without the sticky bit" in lines[0]
+    assert f"fix: chmod go-w {loose}" in lines[0]
+    assert not written.exists(), figures
+
+
+# -- c. sink paths that leave the runtime dir or alias the socket ------------------------
+
+BAD_SINKS = {
+    "dotdot": ("../x", '../x: ".." is not allowed in a sink path'),
+    "socket_relative": ("./tokend.sock", "{rt}/tokend.sock is the socket (socket.path)"),
+    "socket_absolute": ("{rt}/tokend.sock", "{rt}/tokend.sock is the socket (socket.path)"),
+    "runtime_dir": (".", "{rt} is the runtime dir itself"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", list(BAD_SINKS))
+def test_sink_leaving_or_aliasing_is_refused(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, kind: str
+) -> None:
+    """1. A sink path with ``..``, or naming the socket or the runtime dir.
+    2. At start: exit 2, one line with the key, nothing written (no runtime dir).
+    3. As a reload (SIGHUP) of a running tokend: refused with the same line, the running
+       configuration kept, the socket still a socket that serves the token, nothing
+       written outside the runtime dir."""
+    rt = short_tmp / "rt"
+    raw, expected = (s.replace("{rt}", str(rt)) for s in BAD_SINKS[kind])
+    bad = sa_config(fake, short_tmp, f'[[profiles.default.sinks]]\npath = "{raw}"\n')
+    key = "profiles.default.sinks[0].path: "
+    code, lines, seconds = start_refused(fake, short_tmp, bad, rt)
+    at_start = {
+        "kind": kind,
+        "exit_code": code,
+        "stderr_lines": len(lines),
+        "seconds": round(seconds, 2),
+        "runtime_dir_created": rt.exists(),
+        "outside": sorted(p.name for p in short_tmp.iterdir()),
+    }
+    report(f"paths[bad sink {kind} at start]", **at_start)
+    assert code == 2 and len(lines) == 1 and f"{key}{expected}" in lines[0], (at_start, lines)
+    assert not rt.exists() and "x" not in at_start["outside"], at_start
+    # -- the same as a reload
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = d.file("tokend.sock")
+        assert token_served(sock)
+        d.config_path.write_text(bad)
+        d.signal(signal.SIGHUP)
+        d.wait_log("reloaded")  # "configuration not reloaded: ..." or "... reloaded: N"
+        time.sleep(1.5)  # a sink retry / repair would have written by now
+        refusals = [ln for ln in d.log().splitlines() if "not reloaded" in ln]
+        still_socket = is_socket(sock)
+        served = token_served(sock) if still_socket else None
+        outside = sorted(p.name for p in short_tmp.iterdir())
+    on_reload = {
+        "kind": kind,
+        "refusals_logged": len(refusals),
+        "socket_intact": still_socket,
+        "served_after_reload": served is not None,
+        "outside": outside,
+    }
+    report(f"paths[bad sink {kind} on reload]", **on_reload)
+    assert len(refusals) == 1 and f"{key}{expected}" in refusals[0], on_reload
+    assert still_socket and served is not None and "x" not in outside, on_reload
+
+
+# -- d. a fallback runtime dir made beforehand by another user ---------------------------
+
+
+@needs_root
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    os.path.isdir(f"/run/user/{os.geteuid()}"), reason="/run/user/$UID exists: no fallback"
+)
+@pytest.mark.parametrize("mode", [0o700, 0o777], ids=["0700", "0777"])
+def test_fallback_runtime_dir_of_another_user(
+    fake: FakeGoogle, short_tmp: Path, mallory: User, mode: int
+) -> None:
+    """1. No XDG_RUNTIME_DIR, no TOKEND_RUNTIME_DIR: the default is
+       ``$TMPDIR/runtime-$UID/tokend``. ``$TMPDIR`` is a fresh sticky dir like /tmp.
+    2. She made ``$TMPDIR/runtime-0`` first (0700: we could not even enter it as
+       anyone but root; or 0777).
+    3. ``tokend run`` exits 2 with one line naming that directory and her, no traceback
+       (which ``Restart=on-failure`` would turn into a restart loop); nothing is
+       created in her directory."""
+    tmp = short_tmp / "t"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    short_tmp.chmod(0o755)
+    planted = tmp / f"runtime-{os.geteuid()}"
+    mallory.run("mkdir", "-m", f"{mode:o}", str(planted))
+    code, lines, seconds = start_refused(
+        fake, short_tmp, sa_config(fake, short_tmp), None, {"TMPDIR": str(tmp)}
+    )
+    figures = {
+        "mode": f"{mode:04o}",
+        "exit_code": code,
+        "stderr_lines": len(lines),
+        "traceback": any("Traceback" in ln for ln in lines),
+        "seconds": round(seconds, 2),
+        "created_inside": os.listdir(planted),
+    }
+    report(f"paths[fallback of another user {mode:04o}]", **figures)
+    assert code == 2 and len(lines) == 1, (figures, lines)
+    assert f"{planted}: owned by uid {mallory.uid} ({mallory.name})" in lines[0], lines
+    assert "runtime_dir / TOKEND_RUNTIME_DIR" in lines[0], lines
+    assert os.listdir(planted) == [], figures
+
+
+# -- e. clients and daemon name the same runtime dir -------------------------------------
+
+WHERE = """
+from tokend import client
+print(client.socket_path()); print(client.token_file_path())
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    os.path.isdir(f"/run/user/{os.geteuid()}"), reason="/run/user/$UID exists: no fallback"
+)
+def test_client_and_daemon_agree_without_xdg_runtime_dir(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. XDG_RUNTIME_DIR and TOKEND_RUNTIME_DIR unset; TMPDIR points to a fresh dir.
+    2. Before the daemon starts, a client process names the socket and token file.
+    3. The daemon starts and says which runtime dir it uses; the client's names are
+       in it, and ``tokend token`` and ``. scripts/tokend-env.sh`` get the token.
+    4. After the daemon stops, ``tokend status`` names the same socket."""
+    tmp = short_tmp / "t"
+    tmp.mkdir(mode=0o700)
+    env = {"TMPDIR": str(tmp), "HOME": str(short_tmp)}
+    unset = ("XDG_RUNTIME_DIR", "TOKEND_RUNTIME_DIR", "XDG_CONFIG_HOME")
+    client_env = {k: v for k, v in os.environ.items() if k not in unset}
+    client_env.update(env, TOKEND_CONFIG=str(short_tmp / "config.toml"))
+
+    def client_names() -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", WHERE], env=client_env, capture_output=True, text=True
+        )
+        return out.stdout.split()
+
+    before = client_names()
+    with daemon_factory(sa_config(fake, short_tmp), env=env, unset=unset) as d:
+        line = next(ln for ln in d.log().splitlines() if "runtime dir" in ln)
+        runtime = Path(line.rsplit("runtime dir ", 1)[1])
+        during = client_names()
+        got = subprocess.run(
+            [sys.executable, "-m", "tokend", "token"],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        shim = subprocess.run(
+            ["sh", "-c", f'. "{ROOT}/scripts/tokend-env.sh" && printf %s "$OPENAI_API_KEY"'],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        d.stop()
+    status = subprocess.run(
+        [sys.executable, "-m", "tokend", "status"],
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    expected = [str(runtime / "tokend.sock"), str(runtime / "token.json")]
+    figures = {
+        "daemon_runtime_dir": str(runtime),
+        "client_before_start": before,
+        "client_while_running": during,
+        "token_exit_code": got.returncode,
+        "tokend_env_sh": [shim.returncode, shim.stderr.strip()],
+        "status_names_daemon_socket": expected[0] in status.stderr + status.stdout,
+    }
+    report("paths[client and daemon agree]", **figures)
+    assert runtime == tmp / f"runtime-{os.geteuid()}" / "tokend", figures
+    assert before == during == expected, figures
+    assert got.returncode == 0 and fake.is_valid(got.stdout.strip()), figures
+    assert shim.returncode == 0 and shim.stdout == got.stdout.strip(), figures
+    assert figures["status_names_daemon_socket"], (status.stdout, status.stderr)
+
+
+# == the socket and the service manager ==================================================
+# (issue 9 §3 and §6.) A stuck service manager never blocks the loop; clients that never
+# read are bounded and closed; socket.allow_uids lets an allowed user in and tells a
+# refused one why; a socket outside the runtime dir comes back after a delete.
+
+
+def _timed_get(sock: str, target: str, timeout: float) -> tuple[int | str, float]:
+    """(status or the error's name, seconds) of one GET."""
+    t0 = time.monotonic()
+    try:
+        code: int | str = get(sock, target, timeout)[0]
+    except OSError as err:
+        code = type(err).__name__
+    return code, time.monotonic() - t0
+
+
+# -- 3. sd_notify never blocks the loop ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stuck_manager(address: str) -> Iterator[socket.socket]:
+    """A datagram socket at ``address`` that is never read (until the test drains it):
+    a service manager that stopped reading its notify socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    fields: list[str] = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            fields += sock.recv(65536).decode().split("\n")
+    return fields
+
+
+@pytest.mark.serial
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seconds", sizes("TOKEND_NOTIFY_SECONDS", 6, 30))
+def test_unread_notify_socket_blocks_nothing(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, seconds: float
+) -> None:
+    """1. NOTIFY_SOCKET names a datagram socket nobody reads, with a 200 ms watchdog
+       (a ping every 100 ms): its queue (net.unix.max_dgram_qlen, 10) is full within
+       a second.
+    2. For ``seconds``, SIGUSR1 every 0.3 s makes a refresh, and so two status
+       changes; a client asks /healthz and /v1/token every 20 ms.
+    3. Every answer is 200 within 0.5 s; the refreshes happened (FakeGoogle counted
+       them, the token file changed).
+    4. The signals stop and the manager reads its queue: within 2 s the last STATUS=
+       it has seen is the current state (fresh), so what was dropped did not matter."""
+    address = str(short_tmp / "notify")
+    env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}
+    with (
+        _stuck_manager(address) as manager,
+        daemon_factory(sa_config(fake, short_tmp), env=env, wait_ready=False) as d,
+    ):
+        sock = str(d.file("tokend.sock"))
+        wait_for(lambda: os.path.exists(sock), 10)
+        worst = 0.0
+        bad: dict[str, int] = {}
+        answers = 0
+        t_start = time.monotonic()
+        next_signal = t_start
+        first_token = None
+        while time.monotonic() - t_start < seconds:
+            if time.monotonic() >= next_signal:
+                d.signal(signal.SIGUSR1)
+                next_signal += 0.3
+            for target in ("/healthz", "/v1/token"):
+                code, took = _timed_get(sock, target, 2.0)
+                answers += 1
+                worst = max(worst, took)
+                if code != 200 and not (code == 503 and first_token is None):
+                    bad[str(code)] = bad.get(str(code), 0) + 1
+            if first_token is None:
+                first_token = current_token(d)
+            time.sleep(0.02)
+        figures: dict[str, Any] = {
+            "seconds": seconds,
+            "answers": answers,
+            "worst_answer_s": round(worst, 3),
+            "bad_answers": bad,
+            "token_fetches": fake.calls["token"],
+        }
+        report(f"notify_unread[{seconds:g}]", **figures)
+        assert not bad and worst < 0.5, figures
+        assert figures["token_fetches"] >= seconds / 0.3 / 2, figures  # every other SIGUSR1
+        assert first_token and current_token(d) != first_token, figures
+
+        wait_for(lambda: profile_status(sock)["state"] == "fresh", 5)
+        seen = _drain(manager)
+        figures["notify_fields_queued_unread"] = len(seen)
+        t_drained = time.monotonic()
+
+        def manager_view() -> str:
+            seen.extend(_drain(manager))
+            return [f for f in seen if f.startswith("STATUS=")][-1]
+
+        wait_for(lambda: manager_view().startswith("STATUS=default: fresh"), 2)
+        figures["manager_view_after_drain_s"] = round(time.monotonic() - t_drained, 3)
+        figures["manager_view_after_drain"] = manager_view()
+        assert d.proc.poll() is None
+    report(f"notify_unread[{seconds:g}]", **figures)
+
+
+# -- 3. clients that send and never read --------------------------------------------------
+
+#: A client process asking /v1/token over and over (a new connection each time) until a
+#: stop file appears; prints the latencies and any failure as JSON. It imports nothing
+#: of tokend.
+GOOD_CLIENT = r"""
+import json, os, socket, sys, time
+path, stop = sys.argv[1:3]
+latencies, failures = [], []
+while not os.path.exists(stop):
+    t0 = time.perf_counter()
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET /v1/token HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        if not data.startswith(b"HTTP/1.1 200"):
+            failures.append(data[:40].decode(errors="replace"))
+    except OSError as err:
+        failures.append(repr(err))
+    latencies.append(time.perf_counter() - t0)
+    time.sleep(0.01)
+print(json.dumps({"latencies": latencies, "failures": failures[:10]}))
+"""
+
+#: What the daemon may hold for one client that sends and never reads: a read
+#: (server.READ_SIZE, 4 KiB) and a head cut short by it (< 2 KiB), answers beyond what
+#: its socket buffer took (server.WRITE_BUFFER, 4 KiB, plus the one answer that crossed
+#: it), the connection's own objects (~3 KiB), and the allocator's slack.
+PER_GREEDY_CLIENT = 24 * 1024
+#: Plus, once: aiohttp's import (~10 MB) should some request of theirs need it.
+GREEDY_FIXED = 16 * 1024 * 1024
+
+
+def _greedy_wave(sock: str, n: int, payload: bytes) -> tuple[list[socket.socket], float]:
+    """``n`` clients connect and push ``payload`` (pipelined requests) each, reading
+    nothing, until the daemon stops reading from all of them (no send makes progress
+    for 0.5 s). Returns the clients and how long the push lasted."""
+    clients = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock)
+        s.setblocking(False)
+        clients.append(s)
+    left = [memoryview(payload) for _ in clients]
+    t0 = last_progress = time.monotonic()
+    while time.monotonic() - last_progress < 0.5 and time.monotonic() - t0 < 30:
+        for i, s in enumerate(clients):
+            if not left[i]:
+                continue
+            try:
+                sent = s.send(left[i])
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                continue
+            left[i] = left[i][sent:]
+            last_progress = time.monotonic()
+        time.sleep(0.005)
+    return clients, last_progress - t0
+
+
+def _ends(clients: list[socket.socket]) -> dict[str, int]:
+    """How each client's connection ended, from the client's side: ``closed`` (EOF or
+    ECONNRESET after whatever answers reached it) or ``open``."""
+    out = {"closed": 0, "open": 0}
+    for s in clients:
+        state = "open"
+        try:
+            while chunk := s.recv(1 << 16):
+                del chunk
+            state = "closed"
+        except ConnectionResetError:
+            state = "closed"
+        except BlockingIOError:
+            pass
+        out[state] += 1
+        s.close()
+    return out
+
+
+@pytest.mark.serial
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("n", sizes("TOKEND_GREEDY_CLIENTS", 500, 2000))
+def test_clients_that_never_read_are_bounded_and_closed(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any, n: float
+) -> None:
+    """1. ``n`` same-uid clients connect and pipeline ``GET /v1/token`` (1 MiB each)
+       without ever reading; a separate good client asks for the token every 10 ms
+       throughout.
+    2. While the daemon stopped reading from them, its RSS grew by at most
+       :data:`PER_GREEDY_CLIENT` a client plus :data:`GREEDY_FIXED` (on main: ~280 KiB
+       a client, 282 MB for 1,000).
+    3. Within the idle timeout (5 s) and a margin of 2 s, the daemon closed every one
+       of them (its fds are back to the baseline; on main they stayed open forever).
+    4. The good client got 200 every time, 99 % within 100 ms, each within
+       0.5 s + 0.5 ms a greedy client: while they all become readable at once it
+       waits for one pass of the loop over them, and each costs the loop one read and
+       the ~40 answers its socket buffer takes before it pushes back.
+    5. After they are gone the RSS stays where it was (freed memory is reused, it does
+       not grow); the slow size sends a second wave, whose peak may not exceed the
+       first one's by more than 4 MiB."""
+    from tests.reliability_util import proc_figures
+    from tests.test_reliability import _raise_nofile
+
+    n = int(n)
+    _raise_nofile(n + 200)
+    waves = 2 if n > 1000 else 1
+    one = b"GET /v1/token HTTP/1.1\r\nHost: tokend\r\n\r\n"
+    payload = one * ((1 << 20) // len(one))
+    with daemon_factory(sa_config(fake, short_tmp)) as d:
+        sock = str(d.file("tokend.sock"))
+        assert get(sock, "/v1/token")[0] == 200
+        base = proc_figures(d.proc.pid)
+        stop = short_tmp / "stop"
+        good = subprocess.Popen(
+            [sys.executable, "-I", "-c", GOOD_CLIENT, sock, str(stop)], stdout=subprocess.PIPE
+        )
+        rows = []
+        try:
+            for _ in range(waves):
+                clients, pushed = _greedy_wave(sock, n, payload)
+                t_stall = time.monotonic()
+                peak = proc_figures(d.proc.pid)
+                closed_after = None
+                while time.monotonic() - t_stall < 12:
+                    now = proc_figures(d.proc.pid)
+                    peak["rss_kib"] = max(peak["rss_kib"], now["rss_kib"])
+                    if now["fds"] <= base["fds"] + 2:
+                        closed_after = time.monotonic() - t_stall
+                        break
+                    time.sleep(0.05)
+                ends = _ends(clients)
+                time.sleep(0.5)
+                rows.append(
+                    {
+                        "push_s": round(pushed, 2),
+                        "rss_kib_peak": peak["rss_kib"],
+                        "fds_peak": peak["fds"],
+                        "closed_after_stall_s": closed_after and round(closed_after, 2),
+                        "client_ends": ends,
+                        "rss_kib_after": proc_figures(d.proc.pid)["rss_kib"],
+                    }
+                )
+        finally:
+            stop.touch()
+            out, _ = good.communicate(timeout=10)
+        assert d.proc.poll() is None
+    import json
+
+    seen = json.loads(out) if out else {"latencies": [], "failures": ["killed"]}
+    lat = sorted(seen["latencies"])
+    growth = [r["rss_kib_peak"] - base["rss_kib"] for r in rows]
+    latency_bound = 0.5 + n * 0.0005
+    figures = {
+        "clients": n,
+        "rss_kib_base": base["rss_kib"],
+        "waves": rows,
+        "rss_growth_kib_per_client": [round(g / n, 1) for g in growth],
+        "rss_bound_kib": (n * PER_GREEDY_CLIENT + GREEDY_FIXED) // 1024,
+        "good_latency_bound_s": latency_bound,
+        "good_requests": len(lat),
+        "good_failures": seen["failures"],
+        "good_latency_ms_p50_p99_max": [
+            round(1000 * lat[len(lat) // 2], 2),
+            round(1000 * lat[int(len(lat) * 0.99)], 2),
+            round(1000 * lat[-1], 2),
+        ]
+        if lat
+        else None,
+    }
+    report(f"greedy_clients[{n}]", **figures)
+    for g, r in zip(growth, rows, strict=True):
+        assert g * 1024 <= n * PER_GREEDY_CLIENT + GREEDY_FIXED, figures
+        assert r["closed_after_stall_s"] is not None and r["closed_after_stall_s"] <= 7, figures
+        assert r["client_ends"] == {"closed": n, "open": 0}, figures
+        assert r["rss_kib_after"] <= r["rss_kib_peak"] + 1024, figures
+    assert not seen["failures"] and lat, figures
+    assert lat[int(len(lat) * 0.99)] < 0.1 and lat[-1] < latency_bound, figures
+    if waves > 1:
+        assert rows[1]["rss_kib_peak"] <= rows[0]["rss_kib_peak"] + 4096, figures
+
+
+# -- 6. socket.allow_uids lets the allowed in, and tells the others why -----------------------
+
+#: Run as another user with the system interpreter: tokend.client (stdlib only) from this
+#: checkout, asked through the socket only (no runtime dir, no config); prints the token
+#: or the error, then what a raw request gets: the status line and the body.
+AS_USER = r"""
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import tokend.client as c
+try:
+    print("token", c.token(min_valid=0))
+except c.TokenUnavailable as err:
+    print("error", err)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(os.environ["TOKEND_SOCKET"])
+try:
+    s.sendall(b"GET /v1/token HTTP/1.1\r\nHost: tokend\r\n\r\n")
+except (BrokenPipeError, ConnectionResetError):
+    pass
+data, end = b"", "eof"
+try:
+    while chunk := s.recv(65536):
+        data += chunk
+        if data.count(b"\r\n\r\n") and b"Connection: close" not in data:
+            break  # keep-alive answer: one is enough
+except ConnectionResetError:
+    end = "reset"
+head, _, body = data.partition(b"\r\n\r\n")
+print("raw", json.dumps({"status": head.split(b"\r\n")[0].decode(), "body": body.decode(),
+                         "end": end}))
+"""
+
+
+@contextlib.contextmanager
+def _throwaway_users(*names: str) -> Iterator[dict[str, int]]:
+    """Create users (no home, no shell) for the test; delete them afterwards."""
+    import pwd
+    import subprocess
+
+    made = []
+    try:
+        for name in names:
+            subprocess.run(
+                ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                check=True,
+                capture_output=True,
+            )
+            made.append(name)
+        yield {name: pwd.getpwnam(name).pw_uid for name in names}
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+def _as_user(user: str, sock: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.test_server import PYTHON
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TOKEND_SOCKET": str(sock),
+        "TOKEND_RUNTIME_DIR": "/nonexistent/tokend",
+        "TOKEND_CONFIG": "/nonexistent/config.toml",
+    }
+    out = subprocess.run(
+        [PYTHON, "-I", "-c", AS_USER, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        user=user,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    raw = json.loads(lines["raw"])
+    return {"token": lines.get("token"), "error": lines.get("error"), **raw}
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)
+
+
+def _answers(sock: Path) -> bool:
+    """Whether the socket is there and answers /healthz."""
+    try:
+        return get(str(sock), "/healthz", 2.0)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create and become other users")
+@pytest.mark.skipif(not Path("/usr/sbin/useradd").exists(), reason="needs useradd")
+def test_allow_uids_lets_the_allowed_user_in_and_tells_the_other_why(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. Two throw-away users; ``socket.allow_uids`` names one. The socket is at an
+       absolute path outside the runtime dir, in a 0711 directory as an administrator
+       would make it (``pub/``; the temp dir above it is made 0711 too).
+    2. The allowed user gets the daemon's token through the socket with tokend.client
+       (on main: EACCES, the socket was 0600).
+    3. The other one gets a 403 whose JSON names its uid and socket.allow_uids, read
+       after the connection was refused, not a broken pipe; tokend.client's error says
+       so; the refusal is logged once.
+    4. The socket is 0666; deleted, it is back within 2 s and 0666 again; its directory
+       deleted with it, both are back (0711, 0666) and the allowed user gets in."""
+    tag = str(os.getpid())[-6:]
+    allowed, denied = f"tkok{tag}", f"tkno{tag}"
+    short_tmp.chmod(0o711)
+    pub = short_tmp / "pub"
+    pub.mkdir(mode=0o711)
+    pub.chmod(0o711)
+    sock = pub / "tokend.sock"
+    with _throwaway_users(allowed, denied) as uids:
+        config = sa_config(
+            fake, short_tmp, f'[socket]\npath = "{sock}"\nallow_uids = [{uids[allowed]}]\n'
+        )
+        with daemon_factory(config) as d:
+            token = current_token(d)
+            mode_at_start = _mode(sock)
+            ok = _as_user(allowed, sock)
+            no = _as_user(denied, sock)
+            refusals = d.log().count(f"from uid {uids[denied]}")
+
+            t0 = time.monotonic()
+            sock.unlink()
+            wait_for(lambda: _answers(sock), 5)
+            back_after = time.monotonic() - t0
+            mode_after_delete = _mode(sock)
+
+            import shutil
+
+            t0 = time.monotonic()
+            shutil.rmtree(pub)
+            wait_for(lambda: _answers(sock), 5)
+            dir_back_after = time.monotonic() - t0
+            modes_after_rmtree = (_mode(pub), _mode(sock))
+            again = _as_user(allowed, sock)
+    figures = {
+        "allowed": {k: ok[k] for k in ("status", "end")} | {"got_token": ok["token"] == token},
+        "refused": {k: no[k] for k in ("status", "body", "end", "error")},
+        "refusals_logged": refusals,
+        "socket_mode_at_start": mode_at_start,
+        "socket_back_after_s": round(back_after, 2),
+        "socket_mode_after_delete": mode_after_delete,
+        "dir_and_socket_back_after_s": round(dir_back_after, 2),
+        "dir_and_socket_modes_after_rmtree": modes_after_rmtree,
+        "allowed_after_rmtree": again["token"] == token,
+    }
+    report("allow_uids", **figures)
+    assert ok["token"] == token and ok["status"] == "HTTP/1.1 200 OK", figures
+    assert no["token"] is None and no["status"] == "HTTP/1.1 403 Forbidden", figures
+    import json
+
+    detail = json.loads(no["body"])["detail"]
+    assert f"uid {uids[denied]} is not allowed" in detail and "socket.allow_uids" in detail
+    assert "refused the connection" in no["error"] and "socket.allow_uids" in no["error"]
+    assert token not in no["body"] and token not in no["error"]
+    assert refusals == 1, figures
+    assert mode_at_start == mode_after_delete == "0o666", figures
+    assert back_after < 2 and dir_back_after < 2, figures
+    assert modes_after_rmtree == ("0o711", "0o666"), figures
+    assert again["token"] == token, figures
+
+
+# -- 6. an absolute socket.path outside the runtime dir comes back --------------------------
+
+
+@pytest.mark.timeout(60)
+def test_socket_outside_the_runtime_dir_comes_back_after_a_delete(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. ``socket.path`` is absolute, in a directory of ours outside the runtime dir.
+    2. The socket file is deleted, three times: each time it is back (the watcher sees
+       the delete, the daemon binds again) within 2 s and answers /v1/token; inside the
+       runtime dir this took ~1 s already, outside it never happened (main).
+    3. It is 0600 (no allow_uids) and the daemon still removes it when it stops."""
+    pub = short_tmp / "pub"
+    pub.mkdir(mode=0o700)
+    sock = pub / "tokend.sock"
+    with daemon_factory(sa_config(fake, short_tmp, f'[socket]\npath = "{sock}"\n')) as d:
+        token = current_token(d)
+        assert get(str(sock), "/v1/token")[0] == 200
+        # Past the repair that writing the first token's files schedules (0.2 s after
+        # them): it would restore a socket deleted right now, watched or not.
+        time.sleep(0.5)
+        back: list[float | None] = []
+        for _ in range(3):
+            sock.unlink()
+            t0 = time.monotonic()
+            while not _answers(sock) and time.monotonic() - t0 < 5:
+                time.sleep(0.02)
+            back.append(round(time.monotonic() - t0, 2) if _answers(sock) else None)
+            if back[-1] is None:
+                break
+            code, body = get(str(sock), "/v1/token")
+            assert code == 200 and token and token.encode() in body
+        mode = _mode(sock) if sock.exists() else None
+        assert d.stop() == 0
+    figures = {"back_after_s": back, "mode": mode, "removed_at_stop": not sock.exists()}
+    report("socket_outside_runtime_dir", **figures)
+    assert len(back) == 3 and all(b is not None and b < 2 for b in back), figures
+    assert mode == "0o600" and figures["removed_at_stop"], figures
