@@ -301,3 +301,27 @@ def test_unsafe_runtime_dir_is_refused(fake: FakeGoogle, short_tmp: Path) -> Non
     assert proc.returncode == 2
     assert f"chmod 700 {rt}" in proc.stderr
     assert os.listdir(rt) == []
+
+
+def test_a_socket_directory_that_does_not_exist_is_one_line(
+    fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """An absolute socket.path in a directory that does not exist: exit 2 with one line
+    saying what to create (before: a traceback and exit 1, a restart loop under
+    systemd's Restart=on-failure), and nothing written."""
+    rt = short_tmp / "rt"
+    config = short_tmp / "config.toml"
+    config.write_text(
+        sa_config(fake, short_tmp) + f'[socket]\npath = "{short_tmp}/nodir/tokend.sock"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokend", "run", "--config", str(config)],
+        env={**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(rt)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{short_tmp}/nodir does not exist; create it" in proc.stderr
+    assert not rt.exists() or os.listdir(rt) == []

@@ -21,7 +21,14 @@ from typing import Any
 from tokend import clock
 from tokend.config import Config, ProfileConfig, load
 from tokend.errors import ConfigError, CredentialsError, RefreshError
-from tokend.paths import check_sink_parent, check_socket_path, ensure_private_dir, is_within
+from tokend.paths import (
+    check_sink_parent,
+    check_socket_dir,
+    check_socket_path,
+    ensure_private_dir,
+    ensure_shared_dir,
+    is_within,
+)
 from tokend.refresher import ProfileRefresher, fetch_within
 from tokend.server import SocketServer, refuse_if_served
 from tokend.service.notify import ServiceLink, describe
@@ -81,8 +88,15 @@ def prepare_paths(config: Config) -> None:
                 check_sink_parent(path)
             elif not is_within(runtime, path.parent):  # a directory inside the runtime dir
                 ensure_private_dir(path.parent)
-    if config.socket_path is not None:
-        check_socket_path(config.socket_path)
+    sock = config.socket_path
+    if sock is not None:
+        check_socket_path(sock)
+        if config.socket.allow_uids:
+            ensure_shared_dir(sock.parent)  # created 0711: the allowed users reach in
+        elif not is_within(sock.parent, runtime):
+            check_socket_dir(sock.parent)
+        elif not is_within(runtime, sock.parent):
+            ensure_private_dir(sock.parent)
 
 
 def make_sinks(config: Config, name: str, profile: ProfileConfig) -> list[FileSink]:

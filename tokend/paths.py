@@ -61,6 +61,7 @@ __all__ = [
     "SOCKET_ELSEWHERE",
     "SUN_PATH_MAX",
     "check_sink_parent",
+    "check_socket_dir",
     "check_socket_path",
     "default_config_path",
     "default_runtime_dir",
@@ -466,6 +467,23 @@ def check_sink_parent(path: Path) -> None:
         fd = open_dir(parent, "protected", elsewhere=SINK_ELSEWHERE)
     except FileNotFoundError:
         raise _unsafe(f"{parent}: does not exist; create it (mkdir -m 700 {parent})") from None
+    os.close(fd)
+
+
+def check_socket_dir(directory: Path) -> None:
+    """The directory of a socket outside the runtime dir (without ``allow_uids``): it
+    must exist and be ours or root's, writable by nobody else, reached through
+    ancestors nobody else can swap. Nothing is created.
+
+    Raises:
+        UnsafePathError: it is missing or not safe; the message has the fix.
+    """
+    try:
+        fd = open_dir(directory, "protected", elsewhere=SOCKET_ELSEWHERE)
+    except FileNotFoundError:
+        raise _unsafe(
+            f"socket.path: {directory} does not exist; create it (mkdir -m 700 {directory})"
+        ) from None
     os.close(fd)
 
 
