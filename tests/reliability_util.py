@@ -343,6 +343,8 @@ def readers(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 #: What the daemon logs when a token retires before its successor is on disk (the

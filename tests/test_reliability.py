@@ -1326,7 +1326,13 @@ def test_wall_clock_step(
                 ok = tok == before and claimed == (claimed_before or 0.0) + step
                 return max(1e-6, time.time() - t_step) if ok else 0.0
 
-            restated_after = wait_for(restated, timeout=10)
+            try:
+                restated_after = wait_for(restated, timeout=10)
+            except AssertionError:
+                raise AssertionError(
+                    f"never restated: {before and before[:12]} at {claimed_before}, now "
+                    f"{_stated(d)[1]}\n{d.log()}"
+                ) from None
             token_restated = current_token(d)
             calls_for_step = fake.calls["token"] - calls
             results = collect()
