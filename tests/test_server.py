@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 import tracemalloc
-import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ import pytest
 from tests.conftest import sa_config, wait_for
 from tests.reliability_util import request
 from tokend import server as server_mod
-from tokend.config import Config
+from tokend.endpoints import Endpoints, Served
+from tokend.metrics import Metrics
 from tokend.server import SocketServer
 from tokend.testing import FakeGoogle
 
@@ -289,58 +289,6 @@ def _responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     return out
 
 
-def test_fast_path_answers_as_aiohttp_does(
-    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
-) -> None:
-    """Plain GETs of /v1/token and /healthz are answered by the fast path; the same
-    request with a ``Content-Length: 0`` field goes to aiohttp. Both answers agree in
-    status, body and headers, keep-alive and ``Connection: close`` work on the fast
-    path, a head split across two writes is still answered, and /metrics counts the
-    fast answers."""
-    with daemon_factory(sa_config(fake, short_tmp)) as d:
-        sock = d.file("tokend.sock")
-        targets = ["/v1/token", "/v1/token?profile=default&min_valid=60&wait=1", "/healthz"]
-        for target in targets:
-            fast = b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % target.encode()
-            slow = b"GET %s HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n" % target.encode()
-            close = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-            # One connection: fast, aiohttp (from then on), then a close; in order.
-            answers = _responses(request(sock, fast + fast + slow + close))
-            assert [a[0] for a in answers] == [200, 200, 200, 200], answers
-            (_, fh, fb), _, (_, sh, sb), _ = answers
-            if target == "/healthz":
-                assert fb == sb == b'{"status": "ok"}', (fb, sb)
-            else:
-                f, s = json.loads(fb), json.loads(sb)
-                assert abs(f.pop("expires_in") - s.pop("expires_in")) <= 1
-                assert f == s and fake.is_valid(f["access_token"])
-                assert fh["cache-control"] == sh["cache-control"] == "no-store"
-            assert fh["content-type"] == sh["content-type"] == "application/json"
-            assert "date" in fh and "server" in sh  # aiohttp's; the fast path sends none
-        # Connection: close on the fast path: the answer says so and the server closes.
-        data = request(sock, b"GET /v1/token HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        ((status, headers, _),) = _responses(data)
-        assert status == 200 and headers["connection"] == "close"
-        # A head in two writes (the fast path declines; aiohttp waits for the rest).
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(sock))
-            s.sendall(b"GET /v1/token HTTP/1.1\r\nHo")
-            time.sleep(0.2)
-            s.sendall(b"st: t\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        assert _responses(data)[0][0] == 200
-        status, _, text = get(sock, "/metrics")
-        counted = [
-            float(line.rsplit(" ", 1)[1])
-            for line in text.decode().splitlines()
-            if line.startswith('tokend_requests_total{path="/v1/token",status="200"}')
-        ]
-        assert counted and counted[0] >= 2 * len(targets) + 1, counted
-
-
 def test_aiohttp_loads_on_the_first_request_the_fast_path_declines(
     daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
 ) -> None:
@@ -380,40 +328,6 @@ def test_tokens_still_served_when_aiohttp_cannot_load(
         assert get_json(sock, "/healthz") == (200, {"status": "ok"})
         assert d.proc.poll() is None
         assert "cannot load the HTTP API (ImportError: simulated broken install)" in d.log()
-
-
-@pytest.mark.serial
-def test_fast_path_keeps_order_and_memory_for_a_client_that_does_not_read(
-    daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
-) -> None:
-    """1. A client writes 20,000 pipelined requests without reading an answer.
-    2. The daemon stops reading from it once its answers back up (instead of buffering
-       them all), and meanwhile answers another client at once.
-    3. When the client reads, it gets all 20,000 answers, in order, then the close."""
-    n = 20_000
-    with daemon_factory(sa_config(fake, short_tmp)) as d:
-        sock = d.file("tokend.sock")
-        greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        greedy.connect(str(sock))
-        one = b"GET /v1/token HTTP/1.1\r\nHost: t\r\n\r\n"
-        payload = one * (n - 1) + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        writer = threading.Thread(target=greedy.sendall, args=(payload,))
-        writer.start()
-        time.sleep(1.0)
-        assert writer.is_alive()  # the daemon stopped reading: sendall blocks
-        t0 = time.monotonic()
-        assert get(sock, "/v1/token")[0] == 200
-        assert time.monotonic() - t0 < 0.5
-        greedy.settimeout(30)
-        data = bytearray()
-        while chunk := greedy.recv(1 << 20):
-            data += chunk
-        writer.join(10)
-        greedy.close()
-    answers = _responses(bytes(data))
-    assert len(answers) == n
-    assert all(a[0] == 200 for a in answers)
-    assert answers[-1][2] == b'{"status": "ok"}'
 
 
 def test_stale_socket_replaced_and_live_socket_refused(
@@ -545,12 +459,11 @@ def test_other_uid_refused_even_with_socket_chmod_666(
 async def serving(
     path: Path, allow_uids: tuple[int, ...] = (), runtime: Path | None = None
 ) -> AsyncIterator[SocketServer]:
-    """A :class:`SocketServer` on ``path`` for a daemon handle with no profiles (so
+    """A :class:`SocketServer` on ``path`` for a handle with no profiles (so
     /healthz is 200 and every token request a 404 from aiohttp) and the runtime dir
     ``runtime`` (default: the socket's directory)."""
-    config = Config(runtime_dir=str(runtime or path.parent))
-    handle = types.SimpleNamespace(refreshers={}, on_state_change=[], config=config)
-    server = SocketServer(handle, path, allow_uids)  # type: ignore[arg-type]
+    served = Served({}, "<test>", runtime or path.parent)
+    server = SocketServer(Endpoints(served, Metrics({})), path, allow_uids)
     await server.start()
     try:
         yield server

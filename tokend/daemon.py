@@ -20,7 +20,9 @@ from typing import Any
 
 from tokend import clock
 from tokend.config import Config, ProfileConfig, load
+from tokend.endpoints import Endpoints, Served
 from tokend.errors import ConfigError, CredentialsError, RefreshError
+from tokend.metrics import Metrics
 from tokend.paths import (
     check_sink_parent,
     check_socket_dir,
@@ -127,7 +129,10 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._server: SocketServer | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self.on_state_change: list[Callable[[ProfileRefresher], None]] = []
+        #: What the front ends see of the daemon (and nothing else): the live map of
+        #: refreshers, the settings answers name, and the answers built on them.
+        self.served = Served(self.refreshers, config.source, config.runtime_path)
+        self.endpoints = Endpoints(self.served, Metrics(self.refreshers))
         # sd_notify (READY/STATUS/WATCHDOG/STOPPING); does nothing outside systemd.
         self._link = ServiceLink(
             lambda: describe((r.snapshot() for r in self.refreshers.values()), clock.now())
@@ -155,7 +160,7 @@ class Daemon:
                 # Inside the try: a refused socket (another tokend is running) still
                 # stops the watcher and refreshers started above.
                 self._server = SocketServer(
-                    self, self.config.socket_path, self.config.socket.allow_uids
+                    self.endpoints, self.config.socket_path, self.config.socket.allow_uids
                 )
                 await self._server.start()
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
@@ -248,6 +253,8 @@ class Daemon:
         old_sinks = {s.path: s for n in drop for s in self.refreshers[n].sinks}
         self._drop_refreshers(drop)
         self.config = config
+        self.served.config_source = config.source
+        self.served.runtime_dir = config.runtime_path
         new_sink_paths: set[Path] = set()
         for name, pc in config.profiles.items():
             sinks = make_sinks(config, name, pc)
@@ -416,8 +423,7 @@ class Daemon:
             self._watcher.set_targets(self._watch_targets())
 
     def _state_changed(self, refresher: ProfileRefresher) -> None:
-        for cb in self.on_state_change:
-            cb(refresher)
+        self.endpoints.state_changed(refresher)
         self._link.status_changed()
 
 

@@ -12,9 +12,11 @@ requires an absolute ``socket.path`` then), in a directory of ours with mode 071
 is itself 0666, re-applied whenever it is bound again: other users can then reach it,
 and the peer uid check is the gate.
 
-This module owns the socket, the connections and their fast path (plain GETs of
-``/v1/token`` and ``/healthz``, see :class:`_Connection`); :mod:`tokend.api` does the
-full HTTP handling on aiohttp for everything else and is imported on first use.
+This module owns the socket, the connections and their fast path: a pure parser that
+recognises a plain GET of ``/v1/token`` or ``/healthz`` (:func:`parse_plain_get`) and
+an answer from cached bytes (:meth:`SocketServer.fast_answer`); :mod:`tokend.api`
+does the full HTTP handling on aiohttp for everything else and is imported on first
+use. What either answers comes from :mod:`tokend.endpoints`.
 
 Nothing this module logs or returns outside ``/v1/token`` carries a token value.
 """
@@ -34,43 +36,36 @@ import socket
 import stat
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from tokend import clock
+from tokend.endpoints import (
+    IDLE_TIMEOUT,
+    MAX_HEADERS,
+    PATHS,
+    READ_SIZE,
+    Answer,
+    BadRequest,
+    Endpoints,
+    TokenQuery,
+)
 from tokend.errors import ConfigError
-from tokend.paths import ensure_shared_dir
-from tokend.refresher import ProfileRefresher
-from tokend.token import Token
+from tokend.paths import ensure_shared_dir, is_within
 
 if TYPE_CHECKING:
     from tokend.api import Api
-    from tokend.daemon import Daemon
 
-__all__ = ["SocketServer", "peer_uid", "refuse_if_served"]
+__all__ = ["PlainGet", "SocketServer", "parse_plain_get", "peer_uid", "refuse_if_served"]
 
 log = logging.getLogger(__name__)
 
-#: An idle connection (no request yet, or between keep-alive requests, or a request
-#: whose head never completes) is closed after this many seconds, so half-open
-#: connections cannot pile up and exhaust file descriptors.
-IDLE_TIMEOUT = 5.0
-#: Requests are GETs with a short query: these limits are generous for them and keep a
-#: misbehaving client from making us buffer megabytes.
-MAX_LINE = 4096
-MAX_FIELD = 4096
-MAX_HEADERS = 32
 #: Listen backlog: a burst of clients connecting at once (every process of a parallel
 #: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
 #: net.core.somaxconn.
 BACKLOG = 1024
-#: The most read from one client at once, and so the most a client that does not read
-#: its answers leaves with us besides them (reading stops once they back up).
-READ_SIZE = 4 * 1024
 #: The kernel's buffer for answers a client has not read yet (SO_SNDBUF; Linux doubles
 #: it for its bookkeeping). Its default, ~208 KiB, let a client that never reads make
 #: us render some 400 answers before anything pushed back.
@@ -78,9 +73,6 @@ SEND_BUFFER = 16 * 1024
 #: Answers queued for a client beyond what its socket buffer took; reading from it
 #: stops above this (asyncio's default is 64 KiB) and resumes below a quarter of it.
 WRITE_BUFFER = 4 * 1024
-#: Upper bounds for the query parameters (seconds).
-MAX_WAIT = 120.0
-MAX_MIN_VALID = 24 * 3600.0
 #: How long requests in progress (``wait=N``) may take to finish when the daemon stops.
 SHUTDOWN_TIMEOUT = 1.0
 
@@ -95,7 +87,65 @@ _FAST_HEAD = re.compile(
 _FAST_HEAD_MAX = 2048
 #: Header fields that mean more than a plain GET: left to aiohttp.
 _NOT_FAST_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
-_TOKEN_PARAMS = frozenset({b"profile", b"min_valid", b"wait"})
+
+
+@dataclass(frozen=True, slots=True)
+class PlainGet:
+    """A request the fast path may answer: a GET of ``path`` with ``params`` (each a
+    parameter the path knows, given once), and whether the client asked to close."""
+
+    path: str
+    params: dict[str, str]
+    close: bool
+
+
+def parse_plain_get(head: bytes) -> PlainGet | None:
+    """The request in ``head`` (its bytes up to, without, the blank line) when it is a
+    plain ``GET /v1/token`` or ``GET /healthz``, else None (aiohttp takes it).
+
+    Only a strict subset of HTTP/1.1 qualifies, so that whatever qualifies means the
+    same to aiohttp's parser (a test checks that with hypothesis): HTTP/1.1, one ``Host``
+    field, header fields of token names and printable values, none repeated, ``Connection`` only
+    ``close`` or ``keep-alive``, nothing that announces a body or an upgrade, a query
+    of plain characters without percent-escapes, naming each of the path's own
+    parameters at most once.
+    """
+    match = _FAST_HEAD.fullmatch(head)
+    if match is None:
+        return None
+    path, query, fields = match.groups()
+    close = host = False
+    lines = fields.split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        return None
+    seen: set[bytes] = set()
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in seen:
+            # A repeated field is left to aiohttp, which refuses a second Host,
+            # Content-Type, User-Agent, ... (hypothesis found them one by one).
+            return None
+        seen.add(name)
+        if name == b"host":
+            host = True  # HTTP/1.1 requires one; aiohttp answers 400 without
+        elif name == b"connection":
+            options = {v.strip().lower() for v in value.split(b",")} - {b""}
+            if not options <= {b"close", b"keep-alive"}:
+                return None
+            close = b"close" in options
+        elif name in _NOT_FAST_FIELDS:
+            return None
+    if not host:
+        return None
+    known = PATHS[path.decode()]
+    params: dict[str, str] = {}
+    for pair in query.split(b"&") if query else ():
+        key, _, value = pair.decode().partition("=")
+        if key not in known or key in params:
+            return None
+        params[key] = value
+    return PlainGet(path.decode(), params, close)
 
 
 def peer_uid(sock: Any) -> int | None:
@@ -491,90 +541,6 @@ class _ApiTransport(asyncio.Transport):
         self._real.set_write_buffer_limits(high, low)
 
 
-class _Metrics:
-    """Prometheus metrics. Per-profile numbers are read from the refreshers at scrape
-    time; refresh and failure counts are accumulated from state-change callbacks."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "tokend_requests",
-            "Socket API requests by path and HTTP status.",
-            ["path", "status"],
-            registry=self.registry,
-        )
-        self.refreshes: dict[str, int] = {}
-        self.failures: dict[tuple[str, str], int] = {}
-        self._last: dict[str, tuple[float | None, int]] = {}
-        self.registry.register(self)
-
-    def observe(self, r: ProfileRefresher) -> None:
-        """Called on every state change of a profile: count what changed since the
-        last call (a new ``last_refresh`` is a success; a higher failure count is a
-        failure)."""
-        last_refresh, failures = self._last.get(r.name, (None, 0))
-        if r.last_refresh is not None and r.last_refresh != last_refresh:
-            self.refreshes[r.name] = self.refreshes.get(r.name, 0) + 1
-        if r.consecutive_failures > failures:
-            key = (r.name, r.last_error_reason or "unknown")
-            self.failures[key] = self.failures.get(key, 0) + r.consecutive_failures - failures
-        self._last[r.name] = (r.last_refresh, r.consecutive_failures)
-
-    def collect(self) -> Iterator[Any]:
-        now = clock.steady()
-        refreshes = CounterMetricFamily(
-            "tokend_refreshes", "Successful token refreshes.", labels=["profile"]
-        )
-        for name, n in sorted(self.refreshes.items()):
-            refreshes.add_metric([name], n)
-        yield refreshes
-        failures = CounterMetricFamily(
-            "tokend_refresh_failures", "Failed token refreshes.", labels=["profile", "reason"]
-        )
-        for (name, reason), n in sorted(self.failures.items()):
-            failures.add_metric([name, reason], n)
-        yield failures
-        expiry = GaugeMetricFamily(
-            "tokend_token_expiry_seconds",
-            "Seconds until the served token expires (0 when there is none).",
-            labels=["profile"],
-        )
-        valid = GaugeMetricFamily(
-            "tokend_token_valid", "1 when the profile holds a valid token.", labels=["profile"]
-        )
-        consecutive = GaugeMetricFamily(
-            "tokend_consecutive_failures",
-            "Refresh failures since the last success.",
-            labels=["profile"],
-        )
-        for name, r in sorted(self.daemon.refreshers.items()):
-            tok = r.valid_token()
-            expiry.add_metric([name], max(0.0, tok.expires_in(now)) if tok else 0.0)
-            valid.add_metric([name], 1.0 if tok else 0.0)
-            consecutive.add_metric([name], r.consecutive_failures)
-        yield expiry
-        yield valid
-        yield consecutive
-
-
-def parse_seconds(name: str, raw: str | bytes | None, upper: float) -> float:
-    """A query parameter in seconds (absent or empty: 0).
-
-    Raises:
-        ValueError: not a number, or outside 0..upper; the message is for the client.
-    """
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds") from None
-    if not 0 <= value <= upper:  # also rejects nan
-        raise ValueError(f"{name} must be between 0 and {int(upper)} seconds")
-    return value
-
-
 _NO_STORE = b"Cache-Control: no-store\r\n"
 
 
@@ -598,19 +564,19 @@ class SocketServer:
     """The daemon's HTTP API on a Unix socket.
 
     Args:
-        daemon: the running daemon; its ``refreshers`` are looked up per request, so
+        endpoints: what the answers are; its refreshers are looked up per request, so
             profiles added or replaced by a reload are served at once.
         path: where to create the socket.
         allow_uids: uids allowed besides our own and root.
     """
 
-    def __init__(self, daemon: Daemon, path: Path, allow_uids: tuple[int, ...] = ()) -> None:
-        self.daemon = daemon
+    def __init__(self, endpoints: Endpoints, path: Path, allow_uids: tuple[int, ...] = ()) -> None:
+        self.endpoints = endpoints
         self.path = path
         self.allowed_uids = frozenset({os.getuid(), 0, *allow_uids})
         # Shared only where others can reach it: the runtime dir is 0700 whatever we do.
-        runtime = daemon.config.runtime_path
-        self.shared = bool(allow_uids) and runtime not in path.parents
+        runtime = endpoints.served.runtime_dir
+        self.shared = bool(allow_uids) and not is_within(path, runtime)
         if allow_uids and not self.shared:
             log.warning(
                 "socket.allow_uids is set but the socket %s is inside the runtime dir "
@@ -618,7 +584,6 @@ class SocketServer:
                 "absolute path outside it, e.g. /run/tokend/tokend.sock",
                 path,
             )
-        self.metrics = _Metrics(daemon)
         #: Open client connections (for shutdown).
         self.connections: set[_Connection] = set()
         self._listener: asyncio.Server | None = None
@@ -630,12 +595,10 @@ class SocketServer:
         self._refused_logged: set[int | None] = set()
         #: Every connection reads into this (see _Connection.get_buffer).
         self.read_buffer = memoryview(bytearray(READ_SIZE))
-        self._changed: dict[str, asyncio.Event] = {}
-        self._bodies: dict[str, tuple[Token, int, bytes]] = {}
         self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._date = (0, b"")
         #: The counter of fast /v1/token answers, looked up once, not per request.
-        self._token_ok = self.metrics.requests.labels("/v1/token", "200")
+        self._token_ok = endpoints.metrics.requests.labels("/v1/token", "200")
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -647,16 +610,11 @@ class SocketServer:
                 by something that is not a socket.
         """
         self._listener = await self._listen()
-        self.daemon.on_state_change.append(self._state_changed)
-        for r in self.daemon.refreshers.values():
-            self.metrics.observe(r)
         log.info("listening on %s", self.path)
 
     async def stop(self) -> None:
         """Stop serving and remove the socket file (if it is still the one we made).
         Requests in progress get SHUTDOWN_TIMEOUT to finish."""
-        with contextlib.suppress(ValueError):
-            self.daemon.on_state_change.remove(self._state_changed)
         listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -774,17 +732,6 @@ class SocketServer:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _state_changed(self, r: ProfileRefresher) -> None:
-        self.metrics.observe(r)
-        # Wake every request waiting for this profile; the next waiter gets a new event.
-        event = self._changed.pop(r.name, None)
-        if event is not None:
-            event.set()
-
-    def change_event(self, profile: str) -> asyncio.Event:
-        """Set at the profile's next state change."""
-        return self._changed.setdefault(profile, asyncio.Event())
-
     def when_api_loaded(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once :attr:`api` is loaded (or failed to load: then it
         stays None). The first call starts loading :mod:`tokend.api`, and with it
@@ -799,7 +746,7 @@ class SocketServer:
             await asyncio.to_thread(importlib.import_module, "tokend.api")
             from tokend.api import Api
 
-            self.api = Api(self)
+            self.api = Api(self.endpoints)
             gc.freeze()  # aiohttp's objects too: see Daemon._settle_heap
         except Exception as exc:
             self._api_loading = None  # the next request tries again
@@ -811,94 +758,42 @@ class SocketServer:
             callback()
 
     def fast_answer(self, head: bytes) -> tuple[bytes, bool] | None:
-        """The whole response to a request head (without its final blank line) when it
-        is a plain ``GET /v1/token`` that can be answered now or a ``GET /healthz``,
-        and whether to close the connection after it; None leaves the request to
-        aiohttp, which answers everything else, including every error.
-
-        Only a strict subset of HTTP/1.1 qualifies: no body, no percent-escapes, only
-        the query parameters the endpoint knows, each once, with valid values.
-        """
-        match = _FAST_HEAD.fullmatch(head)
-        if match is None:
+        """The whole response to a request head (without its final blank line), and
+        whether to close after it, when it is a plain GET (:func:`parse_plain_get`)
+        that can be answered at once; None leaves the request to aiohttp, which
+        answers everything else, every error and every wait included."""
+        req = parse_plain_get(head)
+        if req is None:
             return None
-        path, query, fields = match.groups()
-        close = host = False
-        lines = fields.split(b"\r\n")
-        if len(lines) > MAX_HEADERS + 1:
-            return None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"host":
-                host = True  # HTTP/1.1 requires one; aiohttp answers 400 without
-            elif name == b"connection":
-                options = {v.strip().lower() for v in value.split(b",")} - {b""}
-                if not options <= {b"close", b"keep-alive"}:
-                    return None
-                close = b"close" in options
-            elif name in _NOT_FAST_FIELDS:
-                return None
-        if not host:
-            return None
-        if path == b"/healthz":
-            if query is not None:
-                return None
-            return self._health_answer(close), close
-        params: dict[bytes, bytes] = {}
-        for pair in query.split(b"&") if query else ():
-            key, _, value = pair.partition(b"=")
-            if key not in _TOKEN_PARAMS or key in params:
-                return None
-            params[key] = value
+        if req.path == "/healthz":
+            answer = self.endpoints.health()
+            self.endpoints.count(req.path, answer.status)
+            return self._render(answer, req.close), req.close
         try:
-            min_valid = parse_seconds("min_valid", params.get(b"min_valid"), MAX_MIN_VALID)
-            parse_seconds("wait", params.get(b"wait"), MAX_WAIT)
-        except ValueError:
+            query = TokenQuery.parse(req.params.get)
+        except BadRequest:
             return None  # aiohttp's side answers the 400
-        profile = params.get(b"profile", b"").decode() or "default"
-        r = self.daemon.refreshers.get(profile)
-        tok = r.valid_token(min_valid) if r is not None else None
-        if tok is None:
-            return None  # unknown profile, or a refresh or wait is needed
-        body = self.token_body(profile, tok)
-        date = self._http_date()
+        body = self.endpoints.ready(query)
+        if body is None:
+            return None  # unknown profile, or a refresh or a wait is needed
         self._token_ok.inc()
-        if close:
+        date = self._http_date()
+        if req.close:
             return _response(b"200 OK", body, date, close=True, extra=_NO_STORE), True
-        cached = self._fast.get(profile)
+        # The bytes of the whole response, once per token body and second.
+        cached = self._fast.get(query.profile)
         if cached is None or cached[0] is not body or cached[1] != date:
-            cached = (body, date, _response(b"200 OK", body, date, close=False, extra=_NO_STORE))
-            self._fast[profile] = cached
+            response = _response(b"200 OK", body, date, close=False, extra=_NO_STORE)
+            cached = (body, date, response)
+            self._fast[query.profile] = cached
         return cached[2], False
 
-    def _health_answer(self, close: bool) -> bytes:
-        code, payload = self.health()
-        self.metrics.requests.labels("/healthz", str(code)).inc()
-        status = b"200 OK" if code == 200 else b"503 Service Unavailable"
-        return _response(status, json.dumps(payload).encode(), self._http_date(), close=close)
+    def _render(self, answer: Answer, close: bool) -> bytes:
+        status = b"200 OK" if answer.status == 200 else b"503 Service Unavailable"
+        return _response(status, answer.body, self._http_date(), close=close)
 
     def _http_date(self) -> bytes:
         second = int(clock.now())
         if self._date[0] != second:
             self._date = (second, email.utils.formatdate(second, usegmt=True).encode())
         return self._date[1]
-
-    # -- endpoints --------------------------------------------------------------------
-
-    def token_body(self, profile: str, tok: Token) -> bytes:
-        # The body changes only with the token or the whole-second expires_in, so it is
-        # serialized at most once per second per profile, not once per request.
-        now = clock.steady()
-        expires_in = max(0, int(tok.expires_in(now)))
-        cached = self._bodies.get(profile)
-        if cached is None or cached[0] is not tok or cached[1] != expires_in:
-            cached = (tok, expires_in, json.dumps(tok.as_dict(now)).encode())
-            self._bodies[profile] = cached
-        return cached[2]
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        missing = sorted(n for n, r in self.daemon.refreshers.items() if r.valid_token() is None)
-        if missing:
-            return 503, {"status": "unhealthy", "profiles_without_token": missing}
-        return 200, {"status": "ok"}
