@@ -283,7 +283,7 @@ def test_allow_uids_needs_a_socket_others_can_reach(tmp_path: Path, socket_path:
         f"{tmp_path / 'config.toml'}: socket.allow_uids: other users cannot enter runtime_dir "
         "(mode 0700) nor $XDG_RUNTIME_DIR, so they could never reach the socket; set "
         "socket.path to an absolute path outside them, for example "
-        f'"/tmp/tokend-{me}/tokend.sock"'
+        f'"/srv/tokend-{me}/tokend.sock" (README.md, "Socket API")'
     )
     ok = load_text(
         tmp_path, '[socket]\npath = "/tmp/tokend-x/s.sock"\nallow_uids = [1001]\n', env=env

@@ -297,7 +297,7 @@ class Config(_Model):
                 f"{self.source}: socket.allow_uids: other users cannot enter runtime_dir "
                 "(mode 0700) nor $XDG_RUNTIME_DIR, so they could never reach the socket; "
                 "set socket.path to an absolute path outside them, for example "
-                f'"/tmp/tokend-{_user_name()}/tokend.sock"'
+                f'"/srv/tokend-{_user_name()}/tokend.sock" (README.md, "Socket API")'
             )
 
 
