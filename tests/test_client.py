@@ -319,3 +319,43 @@ print("light")
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=30
     )
     assert out.stdout.strip() == "light", out.stderr
+
+
+def test_a_full_listen_queue_is_waited_out_not_an_error(short_tmp: Path) -> None:
+    """A burst of clients can fill the daemon's listen queue; a connect with a timeout
+    then fails with EAGAIN at once instead of waiting. The client waits (until its
+    deadline) for room, as a blocking connect would."""
+    path = short_tmp / "s"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    queued = []
+    while True:  # fill the queue
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(str(path))
+        except BlockingIOError:
+            c.close()
+            break
+        queued.append(c)
+
+    def serve_later() -> None:
+        time.sleep(0.3)
+        for c in queued:
+            c.close()
+        for _ in range(len(queued) + 1):
+            conn, _ = srv.accept()
+            if conn.recv(1024):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            conn.close()
+
+    server = threading.Thread(target=serve_later)
+    server.start()
+    try:
+        t0 = time.monotonic()
+        assert client._get(path, "/v1/status", 5.0) == (200, {})
+        assert 0.25 < time.monotonic() - t0 < 3
+    finally:
+        server.join(5)
+        srv.close()

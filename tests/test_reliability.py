@@ -2369,7 +2369,12 @@ while not os.path.exists(stop):
     try:
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(5)
-        s.connect(path)
+        while True:  # as tokend.client does: wait while the listen queue is full
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:
+                time.sleep(0.005)
         s.sendall(b"GET /v1/token HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := s.recv(65536):

@@ -313,6 +313,19 @@ class _SocketError(Exception):
         self.answered = answered
 
 
+def _connect(sock: Any, address: str, deadline: float) -> None:
+    """``connect``, waiting while the daemon's listen queue is full (a burst of clients:
+    a socket with a timeout gets EAGAIN then, not a wait) until ``deadline``."""
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.005)
+
+
 def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
     """One ``GET`` over the Unix socket: (status, parsed JSON body).
 
@@ -326,7 +339,7 @@ def _get(path: Path, target: str, timeout: float) -> tuple[int, Any]:
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(os.fspath(path))
+            _connect(sock, os.fspath(path), deadline)
         except (FileNotFoundError, ConnectionRefusedError):
             raise _SocketError(
                 f"tokend is not running (no daemon on {path}); {START_DAEMON}"
