@@ -276,7 +276,7 @@ def test_a_head_split_across_two_writes(fake: FakeGoogle, tmp_path: Path, kind: 
 
 def test_health_and_errors_are_alike(fake: FakeGoogle, tmp_path: Path, kind: str) -> None:
     """/healthz, an unknown profile (404) and a bad query (400) in the API's shape: the
-    fast path answers the first and hands the others to aiohttp, on the same
+    fast path answers the first two and hands the third to aiohttp, on the same
     connection and in order."""
 
     async def body(server: SocketServer, api: Api) -> None:
@@ -288,6 +288,32 @@ def test_health_and_errors_are_alike(fake: FakeGoogle, tmp_path: Path, kind: str
         assert json.loads(got[1][2])["error"] == "unknown_profile"
         assert "config.toml" in json.loads(got[1][2])["detail"]
         assert json.loads(got[2][2])["error"] == "bad_request"
+        conn.close()
+
+    run(fake, tmp_path, body)
+
+
+def test_no_token_yet_is_answered_at_once(fake: FakeGoogle, tmp_path: Path, kind: str) -> None:
+    """A profile whose first fetch is still on its way: a 503 that says so, at once and
+    without aiohttp on the fast path (a client asking at start-up does not wait for
+    aiohttp to load); with ``wait`` the fast path hands the request over."""
+
+    async def body(server: SocketServer, api: Api) -> None:
+        creds = fake.write_service_account(tmp_path / "late.json")
+        late = ProfileRefresher(
+            "late", Source("late", ProfileConfig(credentials=str(creds)), timeout=5.0), []
+        )
+        server.endpoints.served.refreshers["late"] = late  # never started: no token
+        conn = FrontEnd(kind, server, api, high=1 << 20)
+        conn.send(GET % b"/v1/token?profile=late")
+        ((status, headers, payload),) = await conn.answers(1)
+        assert status == 503 and json.loads(payload)["error"] == "starting"
+        assert headers["content-type"] == "application/json"
+        if kind == "fast":
+            assert conn.transport.protocol._inner is None and server.api is None
+            conn.send(GET % b"/v1/token?profile=late&wait=0.1")
+            ((status, _, _),) = await conn.answers(1)
+            assert status == 503 and conn.transport.protocol._inner is not None
         conn.close()
 
     run(fake, tmp_path, body)

@@ -2,8 +2,8 @@
 
 The fast path (:mod:`tokend.server`) answers the common requests itself and hands a
 connection here on the first request it does not answer: other endpoints
-(``/v1/status``, ``/metrics``), every error, ``wait`` and ``min_valid`` requests that
-need a refresh, and anything malformed, which aiohttp's parser rejects. What to answer
+(``/v1/status``, ``/metrics``), a bad query, ``wait`` and ``min_valid`` requests that
+must await a token, and anything malformed, which aiohttp's parser rejects. What to answer
 comes from :mod:`tokend.endpoints`, as for the fast path; this module only speaks HTTP.
 
 The daemon imports this module (and aiohttp: the bench's "after one /v1/status" row

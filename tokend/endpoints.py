@@ -208,18 +208,39 @@ class Endpoints:
         tok = r.valid_token(query.min_valid) if r is not None else None
         return None if tok is None else self.token_body(query.profile, tok)
 
+    def at_once(self, query: TokenQuery) -> Answer | None:
+        """The whole ``/v1/token`` answer when nothing needs awaiting (:meth:`token`
+        gives the same), else None: the request waits, or makes a refresh.
+
+        The fast path answers these itself, so that a client asking while the first
+        token is on its way, or while the profile fails, gets its 503 (and the fix) at
+        once rather than after aiohttp loads."""
+        r = self.served.refreshers.get(query.profile)
+        if r is None:
+            return self._unknown_profile(query.profile)
+        tok = r.valid_token(query.min_valid)
+        if tok is None:
+            if query.wait > 0 or (query.min_valid > 0 and self._may_force(query.profile, r)):
+                return None
+            tok = r.valid_token()
+        if tok is None:
+            return self.unavailable(r)
+        return Answer(200, self.token_body(query.profile, tok), no_store=True)
+
     async def token(self, query: TokenQuery) -> Answer:
         """The whole ``/v1/token`` answer: a token with more than ``min_valid`` left
         (refreshing first if needed; concurrent requests share one refresh), after
         waiting up to ``wait`` for one if there is none yet; else the error and what to
         do about it."""
-        r = self.served.refreshers.get(query.profile)
-        if r is None:
-            return self._unknown_profile(query.profile)
+        answer = self.at_once(query)
+        if answer is not None:
+            return answer
+        r = self.served.refreshers[query.profile]
         if query.wait > 0:
-            r = await self._wait_for_token(query.profile, r, clock.monotonic() + query.wait)
-            if r is None:
-                return self._unknown_profile(query.profile)
+            waited = await self._wait_for_token(query.profile, r, clock.monotonic() + query.wait)
+            if waited is None:
+                return self._unknown_profile(query.profile)  # a reload removed it meanwhile
+            r = waited
         tok = r.valid_token(query.min_valid)
         # Only min_valid makes a request fetch (and wait for the fetch); without it the
         # answer comes from the current state at once, and `wait` waits for the daemon.

@@ -14,7 +14,7 @@ and the peer uid check is the gate.
 
 This module owns the socket, the connections and their fast path: a pure parser that
 recognises a plain GET of ``/v1/token`` or ``/healthz`` (:func:`parse_plain_get`) and
-an answer from cached bytes (:meth:`SocketServer.fast_answer`); :mod:`tokend.api`
+an answer that needs no waiting (:meth:`SocketServer.fast_answer`); :mod:`tokend.api`
 does the full HTTP handling on aiohttp for everything else and is imported on first
 use. What either answers comes from :mod:`tokend.endpoints`.
 
@@ -38,6 +38,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -760,22 +761,27 @@ class SocketServer:
     def fast_answer(self, head: bytes) -> tuple[bytes, bool] | None:
         """The whole response to a request head (without its final blank line), and
         whether to close after it, when it is a plain GET (:func:`parse_plain_get`)
-        that can be answered at once; None leaves the request to aiohttp, which
-        answers everything else, every error and every wait included."""
+        that can be answered at once (:meth:`Endpoints.at_once`: a token, or why there
+        is none); None leaves the request to aiohttp, which answers everything else,
+        bad queries and every wait included."""
         req = parse_plain_get(head)
         if req is None:
             return None
         if req.path == "/healthz":
-            answer = self.endpoints.health()
-            self.endpoints.count(req.path, answer.status)
-            return self._render(answer, req.close), req.close
+            health = self.endpoints.health()
+            self.endpoints.count(req.path, health.status)
+            return self._render(health, req.close), req.close
         try:
             query = TokenQuery.parse(req.params.get)
         except BadRequest:
             return None  # aiohttp's side answers the 400
         body = self.endpoints.ready(query)
         if body is None:
-            return None  # unknown profile, or a refresh or a wait is needed
+            answer = self.endpoints.at_once(query)
+            if answer is None:
+                return None  # a wait or a refresh: aiohttp's side awaits it
+            self.endpoints.count(req.path, answer.status)
+            return self._render(answer, req.close), req.close
         self._token_ok.inc()
         date = self._http_date()
         if req.close:
@@ -789,8 +795,9 @@ class SocketServer:
         return cached[2], False
 
     def _render(self, answer: Answer, close: bool) -> bytes:
-        status = b"200 OK" if answer.status == 200 else b"503 Service Unavailable"
-        return _response(status, answer.body, self._http_date(), close=close)
+        status = b"%d %s" % (answer.status, HTTPStatus(answer.status).phrase.encode())
+        extra = _NO_STORE if answer.no_store else b""
+        return _response(status, answer.body, self._http_date(), close=close, extra=extra)
 
     def _http_date(self) -> bytes:
         second = int(clock.now())
