@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -460,7 +461,7 @@ async def serving(
     path: Path, allow_uids: tuple[int, ...] = (), runtime: Path | None = None
 ) -> AsyncIterator[SocketServer]:
     """A :class:`SocketServer` on ``path`` for a handle with no profiles (so
-    /healthz is 200 and every token request a 404 from aiohttp) and the runtime dir
+    /healthz is 200 and every token request a 404) and the runtime dir
     ``runtime`` (default: the socket's directory)."""
     served = Served({}, "<test>", runtime or path.parent)
     server = SocketServer(Endpoints(served, Metrics({})), path, allow_uids)
@@ -661,3 +662,48 @@ def test_a_shared_socket_is_0666_in_a_0711_dir_every_time_it_is_bound(short_tmp:
     seen = asyncio.run(scenario())
     assert seen[:3] == [("0o711", "0o666")] * 3, seen
     assert seen[3] == ("0o755", "0o600"), seen
+
+
+def test_the_socket_appears_only_once_it_accepts(short_tmp: Path) -> None:
+    """The socket is bound and listening under a private name, then linked into place,
+    so whoever finds the path can connect (no ECONNREFUSED from a socket bound but not
+    yet listening): nothing but the socket is left in its directory. A path with no
+    room for the private name (at the AF_UNIX limit) is bound in place, and serves."""
+    from tokend.paths import SUN_PATH_MAX
+
+    normal = short_tmp / "a" / "tokend.sock"
+    normal.parent.mkdir(mode=0o700)
+    longest = short_tmp / "b" / ("s" * (SUN_PATH_MAX - len(os.fsencode(short_tmp / "b")) - 1))
+    longest.parent.mkdir(mode=0o700)
+    assert len(os.fsencode(longest)) == SUN_PATH_MAX
+
+    def first_connect(path: Path, outcome: list[str]) -> None:
+        """Connect the moment the path exists: what a client polling for it does."""
+        while not os.path.lexists(path):
+            pass
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            try:
+                s.connect(str(path))
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                outcome.append(s.recv(12).decode())
+            except OSError as err:
+                outcome.append(type(err).__name__)
+
+    async def scenario() -> list[str]:
+        outcomes: list[str] = []
+        for _ in range(20):
+            poller = threading.Thread(target=first_connect, args=(normal, outcomes))
+            poller.start()
+            async with serving(normal):
+                await asyncio.to_thread(poller.join, 5)
+                assert os.listdir(normal.parent) == [normal.name]
+                assert stat.S_IMODE(normal.lstat().st_mode) == 0o600
+            assert os.listdir(normal.parent) == []
+        async with serving(longest):
+            s = await _connect(longest)
+            s.close()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == ["HTTP/1.1 200"] * 20, outcomes

@@ -54,7 +54,7 @@ from tokend.endpoints import (
     TokenQuery,
 )
 from tokend.errors import ConfigError
-from tokend.paths import ensure_shared_dir, is_within
+from tokend.paths import SUN_PATH_MAX, ensure_shared_dir, is_within
 
 if TYPE_CHECKING:
     from tokend.api import Api
@@ -659,6 +659,13 @@ class SocketServer:
         if self.shared:
             _ensure_shared_dir(self.path.parent)
         self._clear_stale()
+        # Bound and listening under a private name first, then linked into place: a
+        # client (or a second tokend's probe) that finds the path always finds a socket
+        # that accepts, never one that is bound but not listening yet (ECONNREFUSED).
+        # link(), unlike rename(), fails if another tokend took the path meanwhile.
+        staged = self.path.with_name(f".{os.getpid()}.{self.path.name}")
+        if len(os.fsencode(staged)) > SUN_PATH_MAX:
+            staged = self.path  # no room for the private name: bind in place
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # The umask gives the socket its mode from its creation: 0600 with no window
@@ -666,15 +673,29 @@ class SocketServer:
             # user would get EACCES. The chmod is for a caller that changed the umask
             # in between.
             mode = 0o666 if self.shared else 0o600
+            if staged != self.path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)  # left by a run of ours killed right here
             old = os.umask(0o777 & ~mode)
             try:
-                sock.bind(os.fspath(self.path))
+                sock.bind(os.fspath(staged))
             finally:
                 os.umask(old)
-            os.chmod(self.path, mode)
-            st = os.lstat(self.path)
+            try:
+                os.chmod(staged, mode)
+                st = os.lstat(staged)
+                sock.listen(BACKLOG)
+                if staged != self.path:
+                    try:
+                        os.link(staged, self.path)
+                    except FileExistsError:
+                        refuse_if_served(self.path)  # another tokend's: say so
+                        raise
+            finally:
+                if staged != self.path:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(staged)
             self._inode = (st.st_dev, st.st_ino)
-            sock.listen(BACKLOG)
             sock.setblocking(False)
         except BaseException:
             sock.close()
