@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,16 @@ def test_env_overrides(tmp_path: Path) -> None:
         ),
         ("[profiles.default]\ncredentail = 'adc'", "profiles.default.credentail: unknown key"),
         ("runtimedir = '/x'", "runtimedir: unknown key"),
-        ("[socket]\nallow_uids = ['me']", "socket.allow_uids[0]: Input should be a valid integer"),
+        ("[socket]\nallow_uids = ['me']", "socket.allow_uids[0]: must be a whole number"),
+        (
+            "[profiles.default.openai]\nproject = 'p'\nlocation = 'us-central1'",
+            "profiles.default.openai.project: must be a Google Cloud project ID such as",
+        ),
+        (
+            "[profiles.default.openai]\nproject = 'my-project'\nlocation = 'US Central'",
+            "profiles.default.openai.location: must be a Vertex AI location such as",
+        ),
+        ("[profiles.default]\ncredentials = 1", 'profiles.default.credentials: must be a string'),
         ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are non-negative"),
         ("[profiles.default]\nscopes = []", "profiles.default.scopes: must list at least one"),
         ("[profiles.default]\nimpersonate = 'bob'", "profiles.default.impersonate: must be a"),
@@ -125,7 +135,10 @@ def test_env_overrides(tmp_path: Path) -> None:
             "[profiles.default]\ntoken_uri = 'ftp://x'",
             "profiles.default.token_uri: must be an http",
         ),
-        ("[profiles.default.openai]\nproject = 'my-project'", "profiles.default.openai.location"),
+        (
+            "[profiles.default.openai]\nproject = 'my-project'",
+            "profiles.default.openai.location: is missing; add it",
+        ),
         ("[profiles.'bad name']", "profiles: profile name 'bad name'"),
         (
             '[[profiles.a.sinks]]\npath = "t"\n[[profiles.b.sinks]]\npath = "t"',
@@ -141,6 +154,7 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, text: str, message: str) -
     assert "\n" not in line
     assert line.startswith(str(tmp_path / "config.toml") + ": ")
     assert message in line
+    assert not re.search(r"Input should|String should|pattern|\^\[", line)  # no pydantic words
 
 
 def test_named_file_must_exist(tmp_path: Path) -> None:

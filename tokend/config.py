@@ -346,13 +346,39 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "<top>"
 
 
+#: What a value of these keys looks like, instead of pydantic's regular expression.
+_PATTERN_HELP = {
+    "project": "must be a Google Cloud project ID such as my-project-123 (6 to 30 lowercase "
+    "letters, digits and hyphens, starting with a letter)",
+    "location": "must be a Vertex AI location such as us-central1, or global",
+    "endpoint": "must be openapi or a Model Garden endpoint ID (letters, digits, _ and -)",
+}
+#: pydantic's wording of common mistakes, said in TOML's terms.
+_PLAIN = {
+    "missing": "is missing; add it",
+    "string_type": 'must be a string in quotes, e.g. "value"',
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list, e.g. [1, 2]",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+}
+
+
 def _first_error(source: str, err: ValidationError) -> ConfigError:
     e = err.errors(include_url=False, include_input=False)[0]
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic names the union/literal member it tried; drop those internal tags.
     loc = tuple(p for p in loc if p not in {"str", "int", "tagged-union"})
     msg = e["msg"]
-    if e["type"] == "extra_forbidden":
+    if e["type"] == "string_pattern_mismatch":
+        msg = _PATTERN_HELP.get(str(loc[-1]), "has characters that are not allowed here")
+    elif e["type"] in _PLAIN:
+        msg = _PLAIN[e["type"]]
+    elif e["type"] == "extra_forbidden":
         msg = "unknown key (see the configuration reference in README.md)"
     elif e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
