@@ -83,6 +83,21 @@ def test_to_wall_converts_a_steady_instant(monkeypatch: pytest.MonkeyPatch) -> N
     assert clock.to_wall(c.steady + 30) == c.wall + 30
 
 
+def test_the_wall_offset_ignores_a_preempted_pair_and_a_bad_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five pairs: one preempted between its reads (5 ms pass), one whose wall clock
+    read is off by a minute (libfaketime does that to threads now and then), three
+    good ones. The offset is the good ones', not skewed by either (the first cost a
+    rebased token a whole second on a loaded CI machine, the second a whole step)."""
+    steady = iter([100.0, 100.005, 101.0, 101.000005, 102.0, 102.00001, 103.0, 103.00001,
+                   104.0, 104.00001])  # fmt: skip
+    walls = iter([1000.0, 1061.0, 1002.0, 1003.0, 1004.0])
+    monkeypatch.setattr(clock, "steady", lambda: next(steady))
+    monkeypatch.setattr(clock, "now", lambda: next(walls))
+    assert clock.wall_offset() == pytest.approx(900.0, abs=1e-4)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME is Linux's")
 def test_the_steady_clock_is_the_boot_clock() -> None:
     before = time.clock_gettime(time.CLOCK_BOOTTIME)

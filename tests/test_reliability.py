@@ -1317,12 +1317,14 @@ def test_wall_clock_step(
             calls = fake.calls["token"]
             before, claimed_before = _stated(d)
             t_step = time.time()
+            seen_states: dict[Any, float] = {}
             clk.step(step)
 
             def restated() -> float:
                 # The same token, its stated expiry moved by exactly the step (whole
                 # seconds in, whole seconds out).
                 tok, claimed = _stated(d)
+                seen_states.setdefault((tok and tok[:14], claimed), round(time.time() - t_step, 3))
                 ok = tok == before and claimed == (claimed_before or 0.0) + step
                 return max(1e-6, time.time() - t_step) if ok else 0.0
 
@@ -1331,7 +1333,7 @@ def test_wall_clock_step(
             except AssertionError:
                 raise AssertionError(
                     f"never restated: {before and before[:12]} at {claimed_before}, now "
-                    f"{_stated(d)[1]}\n{d.log()}"
+                    f"{_stated(d)[1]}; seen {seen_states}\n{d.log()}"
                 ) from None
             token_restated = current_token(d)
             calls_for_step = fake.calls["token"] - calls

@@ -55,7 +55,7 @@ def test_rebased_after_a_step_states_the_truth_rounded_down(step: float, elapsed
     tok = make()
     steady = S0 + elapsed
     wall = T0 + 0.25 + elapsed + step  # the wall clock was moved by `step`
-    back = tok.rebased(wall, steady)
+    back = tok.rebased(wall - steady)
     truth = wall + (tok.deadline - steady)  # when it really expires, in today's wall terms
     assert back.expires_at == int(back.expires_at)
     assert truth - 1 < back.expires_at <= truth + 1e-3
@@ -161,6 +161,6 @@ def test_a_step_by_whole_seconds_keeps_the_stated_second() -> None:
     tok = make()
     for step in (60.0, -60.0, 3600.0, -0.0):
         wall = T0 + 0.25 + 7.0 + step
-        back = tok.rebased(wall, S0 + 7.0)
+        back = tok.rebased(wall - (S0 + 7.0))
         assert back.expires_at == tok.expires_at + step
         assert back.deadline == pytest.approx(tok.deadline, abs=1e-3)

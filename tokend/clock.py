@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["Jump", "Jumps", "monotonic", "now", "steady", "to_wall"]
+__all__ = ["Jump", "Jumps", "monotonic", "now", "steady", "to_wall", "wall_offset"]
 
 if sys.platform.startswith("linux"):
     _STEADY = time.CLOCK_BOOTTIME
@@ -53,6 +53,21 @@ def steady() -> float:
 def monotonic() -> float:
     """asyncio's clock (``loop.time()``): may stop while the machine is suspended."""
     return time.monotonic()
+
+
+def wall_offset() -> float:
+    """The wall clock minus the steady one, measured so that one bad read cannot skew
+    it: five pairs, each with the steady clock read on both sides of the wall clock;
+    of the three tightest (a thread preempted between two reads, as on a loaded
+    machine, makes a wide pair), the median. Called after a jump, not per request."""
+    pairs = []
+    for _ in range(5):
+        before = steady()
+        wall = now()
+        after = steady()
+        pairs.append((after - before, wall - (before + after) / 2))
+    tightest = sorted(offset for _, offset in sorted(pairs)[:3])
+    return tightest[1]
 
 
 def to_wall(instant: float) -> float:

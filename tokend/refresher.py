@@ -298,7 +298,7 @@ class ProfileRefresher:
         and started again (its connection is most likely dead). After a wall-clock step
         the token's stated ``expires_at`` is moved to match and every file rewritten."""
         if jump.stepped and self.token is not None:
-            tok = self.token = self.token.rebased(clock.now(), clock.steady())
+            tok = self.token = self.token.rebased(clock.wall_offset())
             self._rewrite = True
             if self.state is State.FRESH:  # the rounding may have moved retirement earlier
                 soonest = next_refresh_at(tok.issued, tok.deadline, self.rng)

@@ -85,12 +85,13 @@ class Token:
         """True while more than ``min_valid`` seconds remain."""
         return self.deadline - steady > min_valid
 
-    def rebased(self, wall: float, steady: float) -> Token:
-        """This token with ``expires_at`` recomputed from the wall clock's offset to the
-        steady clock now (after a step): still whole seconds, still equal to
-        ``deadline``, which moves earlier by the rounding. (A step by whole seconds
-        keeps the second: within a millisecond of one, ``exact`` is float noise.)"""
-        exact = wall + (self.deadline - steady)
+    def rebased(self, offset: float) -> Token:
+        """This token with ``expires_at`` recomputed from ``offset``, the wall clock's
+        offset to the steady clock now (:func:`tokend.clock.wall_offset`, after a step):
+        still whole seconds, still equal to ``deadline``, which moves earlier by the
+        rounding. (A step by whole seconds keeps the second: within a millisecond of
+        one, ``exact`` is measurement noise.)"""
+        exact = self.deadline + offset
         expires_at = float(math.floor(exact + REBASE_SLACK))
         return dataclasses.replace(
             self, expires_at=expires_at, deadline=self.deadline - (exact - expires_at)
