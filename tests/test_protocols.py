@@ -319,6 +319,28 @@ def test_no_token_yet_is_answered_at_once(fake: FakeGoogle, tmp_path: Path, kind
     run(fake, tmp_path, body)
 
 
+def test_heads_are_read_once_and_kept_bounded(fake: FakeGoogle, tmp_path: Path) -> None:
+    """The fast path keeps what a head means (clients repeat theirs), not the answer:
+    the same head gets 200 while the profile holds a token, 503 once it does not; and
+    a client sending ever-new heads leaves at most HEADS_KEPT of them kept."""
+    from tokend.server import HEADS_KEPT
+
+    async def body(server: SocketServer, api: Api) -> None:
+        head = b"GET /v1/token HTTP/1.1\r\nHost: tokend"
+        answer = server.fast_answer(head)
+        assert answer is not None and answer[0].startswith(b"HTTP/1.1 200 ")
+        refresher = server.endpoints.served.refreshers["default"]
+        token, refresher.token = refresher.token, None
+        answer = server.fast_answer(head)
+        assert answer is not None and answer[0].startswith(b"HTTP/1.1 503 ")
+        refresher.token = token
+        for i in range(HEADS_KEPT * 3):
+            server.fast_answer(b"GET /v1/token HTTP/1.1\r\nHost: t%d" % i)
+        assert len(server._heads) <= HEADS_KEPT
+
+    run(fake, tmp_path, body)
+
+
 def test_pipelined_requests_keep_their_order_and_close_is_honoured(
     fake: FakeGoogle, tmp_path: Path, kind: str
 ) -> None:

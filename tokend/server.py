@@ -86,6 +86,8 @@ _FAST_HEAD = re.compile(
 )
 #: Longest request head the fast path looks at (well under MAX_LINE and MAX_FIELD).
 _FAST_HEAD_MAX = 2048
+#: Distinct request heads whose meaning the fast path keeps (at most 2 KiB each).
+HEADS_KEPT = 64
 #: Header fields that mean more than a plain GET: left to aiohttp.
 _NOT_FAST_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
@@ -597,6 +599,7 @@ class SocketServer:
         #: Every connection reads into this (see _Connection.get_buffer).
         self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._fast: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._heads: dict[bytes, tuple[PlainGet | None, TokenQuery | None]] = {}
         self._date = (0, b"")
         #: The counter of fast /v1/token answers, looked up once, not per request.
         self._token_ok = endpoints.metrics.requests.labels("/v1/token", "200")
@@ -785,17 +788,16 @@ class SocketServer:
         that can be answered at once (:meth:`Endpoints.at_once`: a token, or why there
         is none); None leaves the request to aiohttp, which answers everything else,
         bad queries and every wait included."""
-        req = parse_plain_get(head)
+        known = self._heads.get(head)
+        if known is None:
+            known = self._read_head(head)
+        req, query = known
         if req is None:
             return None
-        if req.path == "/healthz":
+        if query is None:  # /healthz
             health = self.endpoints.health()
             self.endpoints.count(req.path, health.status)
             return self._render(health, req.close), req.close
-        try:
-            query = TokenQuery.parse(req.params.get)
-        except BadRequest:
-            return None  # aiohttp's side answers the 400
         body = self.endpoints.ready(query)
         if body is None:
             answer = self.endpoints.at_once(query)
@@ -814,6 +816,23 @@ class SocketServer:
             cached = (body, date, response)
             self._fast[query.profile] = cached
         return cached[2], False
+
+    def _read_head(self, head: bytes) -> tuple[PlainGet | None, TokenQuery | None]:
+        """What a head means to the fast path: the request (None: aiohttp's) and, for
+        ``/v1/token``, its query. Clients send the same bytes request after request, so
+        the meaning is kept, for up to HEADS_KEPT distinct heads (then forgotten
+        all at once: a client sending ever-new heads only makes itself slower)."""
+        req = parse_plain_get(head)
+        query = None
+        if req is not None and req.path == "/v1/token":
+            try:
+                query = TokenQuery.parse(req.params.get)
+            except BadRequest:
+                req = None  # aiohttp's side answers the 400
+        if len(self._heads) >= HEADS_KEPT:
+            self._heads.clear()
+        self._heads[head] = (req, query)
+        return req, query
 
     def _render(self, answer: Answer, close: bool) -> bytes:
         status = b"%d %s" % (answer.status, HTTPStatus(answer.status).phrase.encode())
