@@ -127,7 +127,7 @@ def test_env_overrides(tmp_path: Path) -> None:
             "[profiles.default.openai]\nproject = 'my-project'\nlocation = 'US Central'",
             "profiles.default.openai.location: must be a Vertex AI location such as",
         ),
-        ("[profiles.default]\ncredentials = 1", 'profiles.default.credentials: must be a string'),
+        ("[profiles.default]\ncredentials = 1", "profiles.default.credentials: must be a string"),
         ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are non-negative"),
         ("[profiles.default]\nscopes = []", "profiles.default.scopes: must list at least one"),
         ("[profiles.default]\nimpersonate = 'bob'", "profiles.default.impersonate: must be a"),
