@@ -362,7 +362,7 @@ _PLAIN = {
     "int_from_float": "must be a whole number",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
-    "list_type": "must be a list, e.g. [1, 2]",
+    "list_type": "must be a list in square brackets",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
 }

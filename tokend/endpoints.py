@@ -215,14 +215,15 @@ class Endpoints:
         The fast path answers these itself, so that a client asking while the first
         token is on its way, or while the profile fails, gets its 503 (and the fix) at
         once rather than after aiohttp loads."""
+        body = self.ready(query)
+        if body is not None:
+            return Answer(200, body, no_store=True)
         r = self.served.refreshers.get(query.profile)
         if r is None:
             return self._unknown_profile(query.profile)
-        tok = r.valid_token(query.min_valid)
-        if tok is None:
-            if query.wait > 0 or (query.min_valid > 0 and self._may_force(query.profile, r)):
-                return None
-            tok = r.valid_token()
+        if query.wait > 0 or (query.min_valid > 0 and self._may_force(query.profile, r)):
+            return None
+        tok = r.valid_token()  # less than min_valid left, and no refresh may be forced
         if tok is None:
             return self.unavailable(r)
         return Answer(200, self.token_body(query.profile, tok), no_store=True)
