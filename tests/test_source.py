@@ -360,6 +360,7 @@ def test_hang_times_out_quickly(
     assert time.monotonic() - start < 2
     assert isinstance(err, RefreshError) and err.retryable
     assert "timed out after 0.5 s" in str(err) and "127.0.0.1" in str(err)
+    assert err.reason == "timeout"  # as when the whole fetch's deadline passes first
     assert fake.calls == {endpoint: 1}
     fake.clear_faults()
 

@@ -95,11 +95,15 @@ class _Abort(Exception):
     """Raised by the transport to stop google-auth from retrying. google-auth catches
     ``TransportError`` (and only that) in its retry loops, so this is deliberately not one."""
 
-    def __init__(self, why: str, response: _Response | None, host: str = "") -> None:
+    def __init__(
+        self, why: str, response: _Response | None, host: str = "", *, timed_out: bool = False
+    ) -> None:
         super().__init__(why)
         self.why = why
         self.response = response
         self.host = response.host if response else host
+        #: A socket timeout: the same fault as the whole fetch's deadline passing.
+        self.timed_out = timed_out
 
 
 def _error_code(data: bytes) -> str:
@@ -158,7 +162,8 @@ class _OneShotTransport(google.auth.transport.Request):
             )
         except google.auth.exceptions.TransportError as exc:
             why = _describe_transport_error(exc, self._timeout[1])
-            raise _Abort(why, None, host) from None
+            timed_out = isinstance(exc.__cause__, requests.exceptions.Timeout)
+            raise _Abort(why, None, host, timed_out=timed_out) from None
         status = int(response.status)
         error = _error_code(response.data) if status != 200 else ""
         self.last = _Response(host, status, error, iam=":generateAccessToken" in url)
@@ -541,7 +546,9 @@ class Source:
             f"token request to {abort.host or 'the token endpoint'} "
             f"failed: {abort.why}{detail}; retrying with backoff",
             retryable=True,
-            reason="unavailable" if response else "transport_error",
+            reason="timeout"
+            if abort.timed_out
+            else ("unavailable" if response else "transport_error"),
         )
 
     def _classify(
