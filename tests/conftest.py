@@ -99,8 +99,14 @@ def tokend_env(
     unset: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """The environment every ``tokend`` process of the tests gets: pointed at ``fake``
-    and at ``runtime``, a 2 s fetch timeout, no journald; then ``extra``, less ``unset``."""
-    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(runtime), "TOKEND_TIMEOUT": "2"}
+    and at ``runtime`` (its state dir beside it), a 2 s fetch timeout, no journald; then ``extra``, less ``unset``."""
+    env = {
+        **os.environ,
+        **fake.env(),
+        "TOKEND_RUNTIME_DIR": str(runtime),
+        "TOKEND_STATE_DIR": str(runtime.parent / "state"),
+        "TOKEND_TIMEOUT": "2",
+    }
     env.pop("JOURNAL_STREAM", None)
     env.update(extra or {})
     for name in unset:

@@ -102,10 +102,16 @@ def _dotenv_value(value: str) -> str:
     return f'"{escaped}"'
 
 
+def _proxy_env() -> dict[str, str]:
+    from tokend import client
+
+    return client.proxy_env()
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     import shlex
 
-    env = _token_env(args.profile, args.min_valid)
+    env = _proxy_env() if args.proxy else _token_env(args.profile, args.min_valid)
     if args.format == "json":
         _emit_json(env)
     elif args.format == "fish":
@@ -129,6 +135,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         print("tokend: exec: no command given (tokend exec -- CMD ARGS...)", file=sys.stderr)
         return EXIT_CONFIG
+    if args.proxy:  # the local key never expires: nothing to warn about
+        return run_child(argv, {**os.environ, **_proxy_env()}, expires_at=None)
     env = {**os.environ, **_token_env(args.profile, args.min_valid)}
     return run_child(argv, env, expires_at=int(env["TOKEND_EXPIRES_AT"]))
 
@@ -221,6 +229,63 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_proxy_key(args: argparse.Namespace) -> int:
+    """``tokend proxy-key rotate|add|list|revoke``: edit the keys file; a running daemon
+    picks the change up at once (it watches the file)."""
+    from tokend import config as config_mod
+    from tokend import proxykeys
+
+    try:
+        state = config_mod.load(args.config).state_path
+        ring = proxykeys.load(state) or proxykeys.KeyRing()
+    except (ConfigError, UnsafePathError) as err:
+        print(f"tokend: proxy-key: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = proxykeys.keys_path(state)
+    if args.action == "list":
+        for key in ring.keys:
+            print(f"{key.name}\t{key.created or '-'}")
+        return EXIT_OK
+    name = args.name or proxykeys.DEFAULT
+    if not proxykeys.valid_name(name):
+        print(f"tokend: proxy-key: {name!r}: use letters, digits, . _ and -", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.action == "revoke":
+        if name == proxykeys.DEFAULT:
+            print(
+                "tokend: proxy-key: the default key is the one proxy.env holds; "
+                "replace it with `tokend proxy-key rotate`",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if ring.get(name) is None:
+            print(f"tokend: proxy-key: no key named {name} in {path}", file=sys.stderr)
+            return EXIT_CONFIG
+        ring = ring.without(name)
+    elif args.action == "add" and ring.get(name) is not None:
+        print(
+            f"tokend: proxy-key: {name} exists; `tokend proxy-key rotate {name}` replaces it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    else:  # add, rotate
+        ring = ring.with_key(name)
+    try:
+        proxykeys.save(state, ring)
+    except OSError as err:
+        print(f"tokend: proxy-key: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(err, UnsafePathError) else EXIT_UNAVAILABLE
+    if args.action == "revoke":
+        print(f"revoked {name}", file=sys.stderr)
+    elif name == proxykeys.DEFAULT:
+        print("new default key: proxy.env has it (`tokend env --proxy`)", file=sys.stderr)
+    else:
+        added = ring.get(name)
+        assert added is not None
+        print(added.value)  # shown once, on request: give it to that tool
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tokend.doctor import run_checks
 
@@ -288,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile_opts(p)
     p.add_argument("--format", choices=("sh", "fish", "dotenv", "json"), default="sh")
+    p.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the local proxy's OPENAI_BASE_URL and key (never expire) instead of a token",
+    )
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser(
@@ -297,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "in its environment; signals are forwarded and its exit code is returned.",
     )
     profile_opts(p)
+    p.add_argument(
+        "--proxy", action="store_true", help="the local proxy's base URL and key instead"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     p.set_defaults(func=cmd_exec)
 
@@ -336,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("uninstall", help="stop the service and remove its unit or plist")
     manager_opts(p)
     p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser(
+        "proxy-key",
+        help="the local proxy's keys: rotate the default, add/revoke per-app keys, list",
+        description="rotate [NAME]: replace a key (default: the one proxy.env holds). "
+        "add NAME: a key for one tool, printed once. revoke NAME. list: names, never keys. "
+        "A running tokend uses the change at once.",
+    )
+    p.add_argument("action", choices=("rotate", "add", "list", "revoke"))
+    p.add_argument("name", nargs="?", default="", help="key name (default: default)")
+    p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
+    p.set_defaults(func=cmd_proxy_key)
 
     p = sub.add_parser("doctor", help="check credentials, paths, socket, service, token and clock")
     p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")

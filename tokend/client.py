@@ -40,6 +40,7 @@ __all__ = [
     "TokenUnavailable",
     "daemon_status",
     "openai_base_url",
+    "proxy_env",
     "socket_path",
     "token",
     "token_async",
@@ -258,7 +259,47 @@ def openai_base_url(profile: str = "default") -> str | None:
     project, location = section.get("project"), section.get("location")
     if not (isinstance(project, str) and project and isinstance(location, str) and location):
         return None
-    return wire.vertex_base_url(project, location, str(section.get("endpoint") or "openapi"))
+    return wire.vertex_base_url(
+        project,
+        location,
+        str(section.get("endpoint") or "openapi"),
+        str(section.get("api_endpoint") or ""),
+    )
+
+
+#: The variables ``proxy.env`` holds, in its order.
+PROXY_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_KEY")
+
+
+def proxy_env(*, config: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` of the local proxy, from the daemon's
+    ``proxy.env`` in the runtime dir: the base URL and a local key that do not expire.
+
+    Raises:
+        TokenUnavailable: there is no such file (the proxy is off, or tokend is not
+            running), or it is not one tokend wrote.
+    """
+    cfg = _config(config)
+    path = _runtime_dir(cfg) / "proxy.env"
+    try:
+        text = read_regular(path, 1 << 14).decode("ascii")
+    except FileNotFoundError:
+        if not _table(cfg, "proxy").get("listen"):
+            raise TokenUnavailable(
+                f"the local proxy is off: set listen under [proxy] in {_config_path(config)} "
+                '(e.g. listen = "127.0.0.1:8789") and restart tokend'
+            ) from None
+        raise TokenUnavailable(f"no {path}: {START_DAEMON}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TokenUnavailable(f"{path}: cannot read it: {err}") from None
+    env = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in PROXY_VARIABLES and value and value.isprintable() and " " not in value:
+            env[name] = value
+    if tuple(env) != PROXY_VARIABLES:
+        raise TokenUnavailable(f"{path}: not a proxy.env tokend wrote; restart tokend")
+    return env
 
 
 # -- the file ---------------------------------------------------------------------------

@@ -29,13 +29,20 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from tokend import wire
 from tokend.errors import ConfigError
-from tokend.paths import default_config_path, default_runtime_dir, is_within, read_regular
+from tokend.paths import (
+    default_config_path,
+    default_runtime_dir,
+    default_state_dir,
+    is_within,
+    read_regular,
+)
 
 __all__ = [
     "CLOUD_PLATFORM",
     "Config",
     "OpenAIConfig",
     "ProfileConfig",
+    "ProxyConfig",
     "SinkConfig",
     "SinkFormat",
     "SocketConfig",
@@ -46,6 +53,8 @@ __all__ = [
 ]
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+#: The proxy's address and local key, in the runtime dir (``EnvironmentFile=`` syntax).
+PROXY_ENV = "proxy.env"
 #: Seconds a whole token fetch may take unless ``timeout`` / ``TOKEND_TIMEOUT`` say.
 DEFAULT_TIMEOUT = 10.0
 SinkFormat = Literal["raw", "json", "env"]
@@ -100,16 +109,68 @@ class SinkConfig(_Model):
         return v
 
 
+#: Host names that are this machine's loopback, as ``listen`` and ``api_endpoint`` say them.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(v: str) -> str:
+    """``api_endpoint``: an origin, ``https://`` anywhere or ``http://`` on loopback."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(v, str) or not v:
+        return v  # "" is the default; a non-string gets the usual type error
+    example = 'e.g. "https://us-central1-aiplatform.googleapis.com"'
+    try:
+        url = urlsplit(v)
+        host = url.hostname or ""
+        url.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"must be an origin, {example}") from None
+    if (
+        url.scheme not in ("http", "https")
+        or not host
+        or url.username is not None
+        or url.path.strip("/")
+        or url.query
+        or url.fragment
+    ):
+        raise ValueError(f"must be an origin (scheme, host and port, no path), {example}")
+    if url.scheme == "http" and not _is_loopback(host):
+        raise ValueError(
+            "http:// sends your Google token in clear text: use https://, or http:// "
+            "only to 127.0.0.1 or localhost"
+        )
+    return v.rstrip("/")
+
+
 class OpenAIConfig(_Model):
     """Where the OpenAI SDK should send requests: Vertex AI's OpenAI-compatible endpoint."""
 
     project: str = Field(pattern=r"^[a-z][a-z0-9:.\-]{4,62}[a-z0-9]$")
     location: str = Field(pattern=r"^[a-z0-9\-]+$")
     endpoint: str = Field(default="openapi", pattern=r"^[A-Za-z0-9_\-]+$")
+    #: Overrides the ``https://{location}-aiplatform.googleapis.com`` origin (Private
+    #: Service Connect, tests). OPENAI_BASE_URL and the proxy both follow it.
+    api_endpoint: Annotated[str, BeforeValidator(_origin)] = ""
+
+    @property
+    def origin(self) -> str:
+        return wire.vertex_origin(self.location, self.api_endpoint)
 
     @property
     def base_url(self) -> str:
-        return wire.vertex_base_url(self.project, self.location, self.endpoint)
+        return wire.vertex_base_url(self.project, self.location, self.endpoint, self.api_endpoint)
 
 
 class ProfileConfig(_Model):
@@ -197,6 +258,76 @@ class SocketConfig(_Model):
         return v
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` of a loopback listener: ``(address to bind, port)``. ``localhost``
+    binds 127.0.0.1; ``[::1]`` binds ::1; port 0 takes any free port (the files that
+    name the address say which).
+
+    Raises:
+        ValueError: not ``host:port``, or not a loopback address.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f'must be host:port on loopback, e.g. "127.0.0.1:8789", got {value!r}')
+    if not _is_loopback(host) or (":" in host and not host.startswith("[")):
+        raise ValueError(
+            f"{host} is not a loopback address: the proxy spends your Google identity, so it "
+            'listens only on 127.0.0.1, [::1] or localhost (README.md, "Containers")'
+        )
+    bind = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
+    return bind, int(port_text)
+
+
+def _listen(value: Any) -> Any:
+    if isinstance(value, str) and value:
+        parse_listen(value)
+    return value
+
+
+def _mib(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ValueError("must be a whole number of MiB from 1 to 1024, e.g. 32")
+    return value
+
+
+def _long_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ValueError("must be more than 0 and at most 3600 seconds, e.g. 300")
+    return float(value)
+
+
+class ProxyConfig(_Model):
+    """The local OpenAI-compatible proxy (off unless ``listen`` is set)."""
+
+    #: Loopback ``host:port``; "" = off.
+    listen: Annotated[str, BeforeValidator(_listen)] = ""
+    #: Whose token and Vertex endpoint; that profile needs an ``[openai]`` table.
+    profile: str = "default"
+    #: What ``GET /v1/models`` lists (Vertex's OpenAI endpoint has no such route).
+    models: tuple[str, ...] = ()
+    #: Model names some tools hard-code, and the Vertex model to send instead.
+    aliases: dict[str, str] = Field(default_factory=dict)
+    #: Request bodies are kept (to replay one after a 401) up to this; larger get 413.
+    max_request_mib: Annotated[int, BeforeValidator(_mib)] = 32
+    #: A stream whose upstream sends nothing for this long is closed.
+    idle_timeout: Annotated[float, BeforeValidator(_long_seconds)] = 300.0
+    #: Connecting to the upstream may take this long (then 502).
+    connect_timeout: Annotated[float, BeforeValidator(_seconds)] = 10.0
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
 def _default_profiles() -> dict[str, ProfileConfig]:
     return {"default": ProfileConfig()}
 
@@ -208,7 +339,11 @@ class Config(_Model):
     #: Seconds a whole token fetch may take (connect, request, answer), however the
     #: endpoint trickles it; past it the fetch is given up and retried with backoff.
     timeout: Annotated[float, BeforeValidator(_seconds)] = DEFAULT_TIMEOUT
+    #: Where tokend keeps what must outlive a reboot (the proxy's local keys); "" =
+    #: tokend.paths.default_state_dir().
+    state_dir: str = ""
     socket: SocketConfig = SocketConfig()
+    proxy: ProxyConfig = ProxyConfig()
     profiles: dict[str, ProfileConfig] = Field(default_factory=_default_profiles)
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -229,6 +364,17 @@ class Config(_Model):
         if self.runtime_dir:
             return Path(self.runtime_dir).expanduser()
         return default_runtime_dir()
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        return default_state_dir()
+
+    @property
+    def proxy_env_path(self) -> Path | None:
+        """``proxy.env`` in the runtime dir, when the proxy is on."""
+        return self.runtime_path / PROXY_ENV if self.proxy.enabled else None
 
     def sink_path(self, sink: SinkConfig) -> Path:
         return self.runtime_path / Path(sink.path).expanduser()
@@ -261,6 +407,8 @@ class Config(_Model):
         taken: list[tuple[str, str]] = []  # (normalised path, what it is)
         if self.socket_path is not None:
             taken.append((os.path.abspath(self.socket_path), "the socket (socket.path)"))
+        if self.proxy_env_path is not None:
+            taken.append((os.path.abspath(self.proxy_env_path), "the proxy's proxy.env"))
         for name, profile in self.profiles.items():
             for i, sink in enumerate(profile.effective_sinks(name)):
                 where = f"profiles.{name}.sinks[{i}]"
@@ -276,6 +424,23 @@ class Config(_Model):
                     if clash:
                         raise ConfigError(f"{self.source}: {where}.path: {clash}")
                 taken.append((path, where))
+
+    def validate_proxy(self) -> None:
+        """The proxy's profile exists and says where Vertex AI is."""
+        if not self.proxy.enabled:
+            return
+        name = self.proxy.profile
+        if name not in self.profiles:
+            names = ", ".join(sorted(self.profiles))
+            raise ConfigError(
+                f"{self.source}: proxy.profile: no profile {name!r} (configured: {names})"
+            )
+        if self.profiles[name].openai is None:
+            raise ConfigError(
+                f"{self.source}: proxy.profile: profile {name} has no [profiles.{name}.openai] "
+                'table; add one with project and location, e.g. project = "my-project", '
+                'location = "us-central1"'
+            )
 
     def validate_socket(self, env: Mapping[str, str] | None = None) -> None:
         """``socket.allow_uids`` is useful only with a socket others can reach: outside
@@ -396,6 +561,8 @@ def parse(
     data = dict(data)
     if env.get("TOKEND_RUNTIME_DIR"):
         data["runtime_dir"] = env["TOKEND_RUNTIME_DIR"]
+    if env.get("TOKEND_STATE_DIR"):
+        data["state_dir"] = env["TOKEND_STATE_DIR"]
     if env.get("TOKEND_TIMEOUT"):
         try:
             data["timeout"] = float(env["TOKEND_TIMEOUT"])
@@ -415,6 +582,7 @@ def parse(
         raise _first_error(source, err) from None
     cfg.validate_sinks()
     cfg.validate_socket(env)
+    cfg.validate_proxy()
     return cfg
 
 

@@ -16,12 +16,12 @@ import resource
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokend import clock
+from tokend import clock, proxykeys
 from tokend.config import Config, ProfileConfig, load
 from tokend.endpoints import Endpoints, Served
-from tokend.errors import ConfigError, CredentialsError, RefreshError
+from tokend.errors import ConfigError, CredentialsError, RefreshError, UnsafePathError
 from tokend.metrics import Metrics
 from tokend.paths import (
     check_sink_parent,
@@ -38,6 +38,9 @@ from tokend.sinks import FileSink, sweep_temp_files
 from tokend.source import Source
 from tokend.threads import run_in_thread
 from tokend.watch import Watcher
+
+if TYPE_CHECKING:
+    from tokend.proxy import Proxy
 
 __all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]
 
@@ -128,6 +131,7 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None
         self._watcher: Watcher | None = None
         self._server: SocketServer | None = None
+        self._proxy: Proxy | None = None
         self._pending: set[asyncio.Task[None]] = set()
         #: What the front ends see of the daemon (and nothing else): the live map of
         #: refreshers, the settings answers name, and the answers built on them.
@@ -163,6 +167,8 @@ class Daemon:
                     self.endpoints, self.config.socket_path, self.config.socket.allow_uids
                 )
                 await self._server.start()
+            if self.config.proxy.enabled:
+                await self._start_proxy()
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
             self._background(self._settle_heap())
             self._background(self._watch_clocks())
@@ -173,6 +179,65 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _start_proxy(self) -> None:
+        """Load (at first start: make) the local keys, listen, write ``proxy.env``.
+
+        Raises:
+            ConfigError: the keys file is malformed, or the address is taken.
+            UnsafePathError: the state dir is not safe.
+        """
+        from tokend.proxy import Proxy, ProxySettings  # aiohttp: only when the proxy is on
+
+        state = self.config.state_path
+        where = proxykeys.keys_path(state)
+        try:
+            ring, made = await asyncio.wait_for(
+                run_in_thread(lambda: proxykeys.ensure(state)), CONFIG_READ_TIMEOUT
+            )
+        except TimeoutError:
+            raise ConfigError(
+                f"{where}: not read within {CONFIG_READ_TIMEOUT:g} s (a hung filesystem?)"
+            ) from None
+        except UnsafePathError:
+            raise
+        except OSError as err:
+            raise ConfigError(
+                f"{where}: cannot write the proxy keys: {err.strerror or err}"
+            ) from None
+        if made:
+            log.info("proxy: made a local key, kept in %s", proxykeys.keys_path(state))
+        proxy = Proxy(self.endpoints, ProxySettings.of(self.config), ring, self.endpoints.metrics)
+        await proxy.start()
+        self._proxy = proxy
+        if self._watcher is not None:
+            self._watcher.set_targets(self._watch_targets())
+
+    async def _reload_keys(self) -> None:
+        """The keys file changed (``tokend proxy-key ...``): serve its keys from now on. A
+        malformed or vanished file keeps the running keys (a vanished one is written
+        back: nothing a tool holds is lost)."""
+        proxy = self._proxy
+        if proxy is None:
+            return
+        state = self.config.state_path
+        try:
+            ring = await asyncio.wait_for(
+                run_in_thread(lambda: proxykeys.load(state)), CONFIG_READ_TIMEOUT
+            )
+        except (ConfigError, TimeoutError) as err:
+            log.error("proxy keys not reloaded, keeping the running ones: %s", err or "timeout")
+            return
+        if ring is None or ring.get(proxykeys.DEFAULT) is None:
+            kept = proxy.keys if ring is None else ring.with_key(proxykeys.DEFAULT)
+            try:
+                await run_in_thread(lambda: proxykeys.save(state, kept))
+            except OSError as err:
+                log.error("cannot write %s: %s", proxykeys.keys_path(state), err)
+            ring = kept
+            log.info("proxy keys file was missing or had no default key; wrote it again")
+        if ring != proxy.keys:
+            await proxy.set_keys(ring)
 
     async def first_attempts(self) -> None:
         """Wait until every profile finished its first fetch attempt (success or not)."""
@@ -212,6 +277,9 @@ class Daemon:
         self._link.stopping()
         for task in list(self._pending):
             task.cancel()
+        if self._proxy is not None:
+            await self._proxy.stop()
+            self._proxy = None
         if self._server is not None:
             await self._server.stop()  # first: no client waits on a refresher being stopped
             self._server = None
@@ -321,6 +389,7 @@ class Daemon:
                         "(still serving %s)",
                         old_socket[0] or "no socket",
                     )
+                self._reconfigure_proxy(config)
             except (ConfigError, PermissionError) as err:
                 log.error("configuration not reloaded, keeping the running one: %s", err)
                 return
@@ -329,6 +398,17 @@ class Daemon:
             log.info("configuration reloaded: %d profile(s)", len(self.refreshers))
         finally:
             self._link.reloaded()
+
+    def _reconfigure_proxy(self, config: Config) -> None:
+        if self._proxy is not None and config.proxy.enabled:
+            from tokend.proxy import ProxySettings
+
+            self._proxy.configure(ProxySettings.of(config))
+        elif self._proxy is not None or config.proxy.enabled:
+            log.warning(
+                "proxy.listen was %s: that takes effect when tokend restarts",
+                "turned on" if config.proxy.enabled else "turned off",
+            )
 
     # -- events -----------------------------------------------------------------------
 
@@ -371,11 +451,16 @@ class Daemon:
         for r in self.refreshers.values():
             targets.extend(s.path for s in r.sinks)
             targets.extend(r.source.watched_paths)
+        if self._proxy is not None:
+            targets.append(proxykeys.keys_path(self.config.state_path))
+            targets.append(self._proxy.settings.env_path)
         return targets
 
     def _on_path_changed(self, path: Path) -> None:
         if self.config_path is not None and path == self.config_path:
             self._debounced("config", self.reload)
+        if self._proxy is not None and path == proxykeys.keys_path(self.config.state_path):
+            self._debounced("keys", lambda: self._background(self._reload_keys()))
         for name, r in self.refreshers.items():
             if path in r.source.watched_paths:
                 self._debounced(
@@ -419,6 +504,8 @@ class Daemon:
             r.poke()
         if self._server is not None:
             self._background(self._server.restore())
+        if self._proxy is not None and self._proxy.env_missing():
+            self._background(self._proxy.write_env())
         if self._watcher is not None:
             self._watcher.set_targets(self._watch_targets())
 

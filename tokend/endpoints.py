@@ -236,7 +236,21 @@ class Endpoints:
         answer = self.at_once(query)
         if answer is not None:
             return answer
-        r = self.served.refreshers[query.profile]
+        got = await self.fresh_token(query)
+        if isinstance(got, Answer):
+            return got
+        return Answer(200, self.token_body(query.profile, got), no_store=True)
+
+    async def fresh_token(self, query: TokenQuery) -> Token | Answer:
+        """The token :meth:`token` answers with, or the error :class:`Answer` it gives
+        instead: for front ends that use the token rather than hand it out (the
+        proxy)."""
+        r = self.served.refreshers.get(query.profile)
+        if r is None:
+            return self._unknown_profile(query.profile)
+        tok = r.valid_token(query.min_valid)
+        if tok is not None:
+            return tok
         if query.wait > 0:
             waited = await self._wait_for_token(query.profile, r, clock.monotonic() + query.wait)
             if waited is None:
@@ -253,7 +267,7 @@ class Endpoints:
             tok = r.valid_token()
         if tok is None:
             return self.unavailable(r)
-        return Answer(200, self.token_body(query.profile, tok), no_store=True)
+        return tok
 
     def token_body(self, profile: str, tok: Token) -> bytes:
         """The token object's bytes. It changes only with the token or the whole-second

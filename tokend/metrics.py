@@ -38,6 +38,12 @@ class Metrics:
             ["path", "status"],
             registry=self.registry,
         )
+        self.proxy_requests = Counter(
+            "tokend_proxy_requests",
+            "Local proxy requests by local key name and HTTP status.",
+            ["key", "status"],
+            registry=self.registry,
+        )
         self.refreshes: dict[str, int] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self._last: dict[str, tuple[float | None, int]] = {}

@@ -65,6 +65,7 @@ __all__ = [
     "check_socket_path",
     "default_config_path",
     "default_runtime_dir",
+    "default_state_dir",
     "ensure_private_dir",
     "ensure_shared_dir",
     "is_within",
@@ -143,6 +144,21 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
     else:
         base = os.path.expanduser("~/.config")
     return Path(base, APP, "config.toml")
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where what must outlive a reboot is kept (the proxy's local keys):
+    ``$XDG_STATE_HOME`` (when absolute) else ``~/.local/state`` (macOS ``~/Library/
+    Application Support``), then ``tokend``: platformdirs' ``user_state_dir``."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME", "")
+    if sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    elif xdg.startswith("/"):
+        base = xdg
+    else:
+        base = os.path.expanduser("~/.local/state")
+    return Path(base, APP)
 
 
 def is_within(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:

@@ -36,9 +36,10 @@ def _keyboard_signal_reached_child(signum: int) -> bool:
         os.close(fd)
 
 
-def run_child(argv: list[str], env: dict[str, str], *, expires_at: int) -> int:
+def run_child(argv: list[str], env: dict[str, str], *, expires_at: int | None) -> int:
     """Run ``argv`` with ``env``; forward INT/TERM/HUP/QUIT/USR1/USR2 to it; warn on
-    stderr when it outlives ``expires_at`` (epoch seconds, the token's expiry).
+    stderr when it outlives ``expires_at`` (epoch seconds, the token's expiry; None: what
+    it was given does not expire, the proxy's key).
 
     Returns:
         Its exit code; 128+N when signal N killed it (as shells report it); 127 when the
@@ -65,13 +66,16 @@ def run_child(argv: list[str], env: dict[str, str], *, expires_at: int) -> int:
             f"tokend: warning: the token given to {argv[0]} expired at "
             f"{time.strftime('%H:%M:%S', time.localtime(expires_at))} and it is still "
             "running; long-running programs should ask for a token per request "
-            "(tokend.client.token, the token file or the socket)",
+            "(tokend.client.token, the token file or the socket), or use the local proxy "
+            "(`tokend exec --proxy`)",
             file=sys.stderr,
             flush=True,
         )
 
-    timer = threading.Timer(max(0.0, expires_at - time.time()), warn_expired)
-    timer.daemon = True
+    timer = None
+    if expires_at is not None:
+        timer = threading.Timer(max(0.0, expires_at - time.time()), warn_expired)
+        timer.daemon = True
     try:
         try:
             proc = subprocess.Popen(argv, env=env)
@@ -83,10 +87,12 @@ def run_child(argv: list[str], env: dict[str, str], *, expires_at: int) -> int:
             return 126
         for signum in pending:
             proc.send_signal(signum)
-        timer.start()
+        if timer is not None:
+            timer.start()
         rc = proc.wait()  # PEP 475: retried after each forwarded signal
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # A child killed by signal N exits 128+N, the way shells report it.
