@@ -1,4 +1,4 @@
-"""Local stand-ins for Google's token endpoints and for an OpenAI-compatible API.
+"""Local stand-ins for Google's token endpoints and for Vertex AI's model APIs.
 
 :class:`FakeGoogle` is a real HTTP server on ``127.0.0.1`` that speaks just enough of
 
@@ -8,8 +8,14 @@
 - STS token exchange (workload identity federation, ``external_account``)
 
 for the real google-auth library to talk to it, with knobs to make it fail, hang, answer
-garbage or revoke grants. :class:`FakeOpenAI` accepts a request only when it carries a
-token the fake Google issued and that has not expired: it proves a token reached the SDK.
+garbage or revoke grants and tokens.
+
+:class:`FakeOpenAI` is the Vertex-like upstream: Vertex's OpenAI-compatible endpoint
+(chat completions, streamed or not, responses, embeddings) and Anthropic's Messages API
+as Vertex publishes it (``:rawPredict``, ``:streamRawPredict``). It accepts a request only
+when it carries a token the fake Google issued, has not revoked and that has not expired:
+it proves a fresh token reached the upstream. It records every request it saw, the time
+each streamed chunk was written, and can be told to fail the next requests.
 
 Only the stdlib (and ``cryptography``, imported lazily to mint and check service account
 keys) is used, so the module is importable anywhere. ``python -m tokend.testing`` runs a
@@ -22,24 +28,28 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
+import struct
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["FakeGoogle", "FakeOpenAI", "main"]
+__all__ = ["FakeGoogle", "FakeOpenAI", "Seen", "main"]
 
 _JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
@@ -58,7 +68,23 @@ class _Trickle:
         self.interval = interval
 
 
-Body = dict[str, Any] | str | bytes | _Trickle
+class _Stream:
+    """A ``text/event-stream`` body: the handler writes and flushes ``events`` one at a
+    time, sleeping ``delay`` seconds before each, then ``tail``, then closes.
+
+    ``on_sent(i, at)`` is called once event ``i`` is out (``at``: ``time.monotonic()``
+    just before its write); ``on_abort()`` when a write found the client gone.
+    """
+
+    def __init__(self, events: list[bytes], delay: float, tail: bytes = b"") -> None:
+        self.events = events
+        self.delay = delay
+        self.tail = tail
+        self.on_sent: Callable[[int, float], None] | None = None
+        self.on_abort: Callable[[], None] | None = None
+
+
+Body = dict[str, Any] | str | bytes | _Trickle | _Stream
 Reply = tuple[int, Body]
 
 # -- service account keys ------------------------------------------------------------
@@ -136,6 +162,9 @@ def _write_secret_file(path: str | os.PathLike[str], data: dict[str, Any] | str)
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # listen() backlog: a burst of ~1000 simultaneous connections is queued, not dropped
+    # (the kernel caps it at net.core.somaxconn).
+    request_queue_size = 1024
     owner: Any
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -166,14 +195,60 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
         status, payload, headers = self.server.owner._route(
             method, self.path, dict(self.headers.items()), body
         )
         self._reply(status, payload, headers)
 
+    def _read_body(self) -> bytes:
+        """The request body, by ``Content-Length`` or chunked (as a proxy that streams
+        its upload sends it)."""
+        if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        parts: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(65536).strip():
+                    pass  # trailers, up to the blank line
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(1024)  # the CRLF after the chunk
+
+    def _stream(self, status: int, stream: _Stream, headers: dict[str, str]) -> None:
+        """Send ``stream`` without a Content-Length (HTTP/1.0: the body ends when the
+        connection closes). :meth:`_Base.stop` cuts the sleeps short."""
+        stopping = self.server.owner._stopping
+        self.close_connection = True
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", headers.pop("Content-Type", "text/event-stream"))
+            self.send_header("Cache-Control", "no-cache")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.flush()
+            for i, event in enumerate(stream.events):
+                if stopping.wait(stream.delay) if stream.delay > 0 else stopping.is_set():
+                    return
+                at = time.monotonic()
+                self.wfile.write(event)
+                self.wfile.flush()
+                if stream.on_sent is not None:
+                    stream.on_sent(i, at)
+            if stream.tail:
+                self.wfile.write(stream.tail)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            if stream.on_abort is not None:
+                stream.on_abort()
+
     def _reply(self, status: int, payload: Body, headers: dict[str, str]) -> None:
+        if isinstance(payload, _Stream):
+            self._stream(status, payload, headers)
+            return
         if isinstance(payload, _Trickle):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -311,7 +386,8 @@ class FakeGoogle(_Base):
     :attr:`call_log` and is subject to the fault knobs (:meth:`fail`, :meth:`hang`,
     :meth:`garbage`, :meth:`invalid_grant`, :meth:`trickle`, :meth:`bad_token`,
     :meth:`bad_expires_in`). :meth:`refuse` and :meth:`accept` close
-    and reopen the listening port (connection refused). Thread-safe.
+    and reopen the listening port (connection refused). :meth:`revoke` ends a token
+    early; :meth:`mint` issues one without a request. Thread-safe.
     """
 
     def __init__(self, lifetime: float = 3600.0) -> None:
@@ -326,6 +402,7 @@ class FakeGoogle(_Base):
         self._lock = threading.Lock()
         self._fault: _Fault | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (identity, expires_at)
+        self._revoked: set[str] = set()
         self._refresh_tokens: dict[str, tuple[str, str, str]] = {}  # -> (who, id, secret)
         self._subject_tokens: dict[str, str] = {}  # external subject token -> identity
         self._public_keys: dict[str, Any] = {}  # key id -> RSA public key
@@ -411,6 +488,20 @@ class FakeGoogle(_Base):
         with self._lock:
             self._fault = None
 
+    def revoke(self, token: str) -> None:
+        """Revoke ``token`` before it expires (a user removed the grant, an admin
+        disabled the account): :meth:`is_valid` is False for it from now on, so
+        :class:`FakeOpenAI` and the IAM endpoint answer 401. :meth:`who` and
+        :meth:`expires_at` still know it."""
+        with self._lock:
+            self._revoked.add(token)
+
+    def mint(self, account: str = "user@example.com") -> str:
+        """A fresh access token for ``account`` (living :attr:`lifetime` seconds), issued
+        without a request: not counted in :attr:`calls`, no fault applies; it is in
+        :attr:`issued` and :meth:`secrets` like any other."""
+        return self._issue(account)[0]
+
     # -- inspection -------------------------------------------------------------------
 
     def who(self, token: str) -> str | None:
@@ -426,10 +517,11 @@ class FakeGoogle(_Base):
         return entry[1] if entry else None
 
     def is_valid(self, token: str) -> bool:
-        """True if this fake issued ``token`` and it has not expired."""
+        """True if this fake issued ``token``, it has not expired nor been revoked."""
         with self._lock:
             entry = self._tokens.get(token)
-        return entry is not None and time.time() < entry[1]
+            revoked = token in self._revoked
+        return entry is not None and not revoked and time.time() < entry[1]
 
     def secrets(self) -> list[str]:
         """Every secret this fake handed out: access, refresh and subject tokens, client
@@ -742,42 +834,214 @@ def _form(body: bytes) -> dict[str, str]:
 
 # -- FakeOpenAI ----------------------------------------------------------------------
 
+_VERTEX_LAYOUT = re.compile(r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/")
+_ANTHROPIC_PATH = re.compile(
+    r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<verb>rawPredict|streamRawPredict)"
+)
+_OPENAI_ROUTES = {"chat/completions": "chat", "responses": "responses", "embeddings": "embeddings"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
-class FakeOpenAI(_Base):
-    """An OpenAI-compatible API that accepts only live tokens from ``google``.
 
-    ``POST …/chat/completions`` and ``POST …/responses`` answer a minimal valid body
-    when ``Authorization: Bearer T`` carries a token for which ``google.is_valid(T)``;
-    anything else gets 401 with an OpenAI-style error. :attr:`url` is the ``base_url``.
+@dataclass(frozen=True, repr=False)
+class Seen:
+    """One request :class:`FakeOpenAI` received, with the status it answered.
+
+    ``path`` includes the query string; ``headers`` has lower-case keys (the last value
+    of a repeated header); ``token`` is the bearer token, or ``""``. The repr shows only
+    the method, the path without its query and the status: header values and the body
+    carry tokens and keys. Hashable: ``headers`` takes no part in ``==`` and ``hash``.
     """
 
-    def __init__(self, google: FakeGoogle) -> None:
+    method: str
+    path: str
+    headers: dict[str, str] = field(compare=False)
+    body: bytes
+    token: str
+    status: int
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ValueError when it is not)."""
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        path, query, _ = self.path.partition("?")
+        shown = path + ("?…" if query else "")
+        return f"Seen(method={self.method!r}, path={shown!r}, status={self.status})"
+
+
+class FakeOpenAI(_Base):
+    """A Vertex-like model API that accepts only live tokens from ``google``.
+
+    Args:
+        google: the :class:`FakeGoogle` whose :meth:`~FakeGoogle.is_valid` decides.
+        project, location: what the Vertex-layout paths must name.
+
+    Routes (a request must carry ``Authorization: Bearer T`` with ``google.is_valid(T)``,
+    else 401 with an OpenAI-style error, counted in :attr:`rejected`):
+
+    - ``POST …/chat/completions``: a chat completion; with ``"stream": true`` an SSE
+      stream of :attr:`stream_chunks` ``chat.completion.chunk`` events (plus a usage
+      chunk if ``stream_options.include_usage``) and ``data: [DONE]``.
+    - ``POST …/responses``: a Responses API body (not streamed: ``"stream": true`` is 400).
+    - ``POST …/embeddings``: an embeddings list, one deterministic vector per input
+      (``dimensions`` long, default 8; base64 float32 when ``encoding_format`` asks).
+    - ``POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{m}:rawPredict``:
+      an Anthropic Messages response; ``:streamRawPredict`` (or ``"stream": true``) its
+      SSE events. The body must have ``anthropic_version``, as on Vertex, else 400.
+
+    Anything else is 404, e.g. ``GET …/models`` (Vertex's ``openapi`` endpoint has
+    none). The ``…`` is any prefix (:attr:`url`, ``/v1``, is the old OpenAI-style base),
+    except that a path in Vertex's layout (``/v1/projects/…``) must name :attr:`project`
+    and :attr:`location` and, for the OpenAI routes, go through ``endpoints/openapi``
+    (:attr:`vertex_base_url`).
+
+    Streams are written an event at a time, flushed, after sleeping :attr:`stream_delay`
+    seconds each; :meth:`stop` cuts the sleeps short. :attr:`stream_log` records when
+    each was written; :attr:`disconnects` counts streams the client abandoned.
+    :meth:`fail_next` makes the next requests on a known route fail. Every request is in
+    :attr:`requests`. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        google: FakeGoogle,
+        *,
+        project: str = "fake-project",
+        location: str = "us-central1",
+    ) -> None:
         super().__init__()
         self.google = google
+        self.project = project
+        self.location = location
+        #: Events (chunks) per stream, and the seconds slept before each (settable).
+        self.stream_chunks = 3
+        self.stream_delay = 0.0
+        #: Every token accepted, in order (one entry per accepted request).
         self.seen_tokens: list[str] = []
+        #: Requests turned away for a missing, unknown, expired or revoked token.
         self.rejected = 0
+        #: Every request received, in order, with the status it was answered.
+        self.requests: list[Seen] = []
+        #: (index in :attr:`requests`, event index, ``time.monotonic()`` just before the
+        #: write) for every stream event written; not the ``[DONE]`` line.
+        self.stream_log: list[tuple[int, int, float]] = []
+        #: Streams cut short because a write found the client gone.
+        self.disconnects = 0
+        self._failures: collections.deque[tuple[int, dict[str, Any] | str | bytes | None]] = (
+            collections.deque()
+        )
         self._lock = threading.Lock()
+
+    # -- addresses --------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        """The OpenAI-style ``base_url``: ``{origin}/v1``."""
+        return f"{self.origin}/v1"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def vertex_base_url(self) -> str:
+        """The ``base_url`` of Vertex's OpenAI-compatible endpoint for this project."""
+        return (
+            f"{self.origin}/v1/projects/{self.project}/locations/{self.location}/endpoints/openapi"
+        )
+
+    def anthropic_url(self, model: str, *, stream: bool = False) -> str:
+        """The ``:rawPredict`` (``:streamRawPredict`` with ``stream``) URL for ``model``."""
+        verb = "streamRawPredict" if stream else "rawPredict"
+        return (
+            f"{self.origin}/v1/projects/{self.project}/locations/{self.location}"
+            f"/publishers/anthropic/models/{model}:{verb}"
+        )
+
+    # -- fault knobs ------------------------------------------------------------------
+
+    def fail_next(
+        self, status: int, count: int = 1, body: dict[str, Any] | str | bytes | None = None
+    ) -> None:
+        """Answer the next ``count`` requests on a known route with ``status`` and
+        ``body`` (default: an OpenAI error body), before the token is looked at. Calls
+        queue up: ``fail_next(500); fail_next(429)`` fails a 500, then a 429."""
+        with self._lock:
+            self._failures.extend([(status, body)] * count)
+
+    def clear_faults(self) -> None:
+        """Forget the failures :meth:`fail_next` queued."""
+        with self._lock:
+            self._failures.clear()
+
+    # -- request handling -------------------------------------------------------------
 
     def _route(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, Body, dict[str, str]]:
-        route = urllib.parse.urlsplit(path).path.rstrip("/")
-        kind = (
-            "chat"
-            if route.endswith("/chat/completions")
-            else "responses"
-            if route.endswith("/responses")
-            else ""
-        )
-        if method != "POST" or not kind:
-            return 404, _openai_error("Unknown path.", "invalid_request_error", None), {}
         lower = {k.lower(): v for k, v in headers.items()}
         auth = lower.get("authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        route = urllib.parse.urlsplit(path).path.rstrip("/")
+        status, payload, extra = self._answer(method, route, token, body)
+        with self._lock:
+            index = len(self.requests)
+            self.requests.append(Seen(method, path, lower, body, token, status))
+        if isinstance(payload, _Stream):
+            payload.on_sent = lambda event, at: self._sent(index, event, at)
+            payload.on_abort = self._abandoned
+        return status, payload, extra
+
+    def _classify(self, method: str, route: str) -> tuple[str, str, str]:
+        """(kind, model named in the path, why not) for a request line."""
+        unknown = ("", "", "Unknown path.")
+        if method != "POST":
+            return unknown
+        ours = (self.project, self.location)
+        anthropic = _ANTHROPIC_PATH.fullmatch(route)
+        if anthropic is not None:
+            if (anthropic["project"], anthropic["location"]) != ours:
+                return "", "", f"Unknown path (this stand-in serves {'/'.join(ours)})."
+            kind = "anthropic-stream" if anthropic["verb"] == "streamRawPredict" else "anthropic"
+            return kind, anthropic["model"], ""
+        vertex = _VERTEX_LAYOUT.match(route)
+        if vertex is not None:
+            base = f"/v1/projects/{self.project}/locations/{self.location}/endpoints/openapi/"
+            kind = (
+                _OPENAI_ROUTES.get(route.removeprefix(base), "") if route.startswith(base) else ""
+            )
+            if not kind:
+                return "", "", f"Unknown path (this stand-in serves {'/'.join(ours)})."
+            return kind, "", ""
+        for suffix, kind in _OPENAI_ROUTES.items():
+            if route.endswith("/" + suffix):
+                return kind, "", ""
+        return unknown
+
+    def _answer(
+        self, method: str, route: str, token: str, body: bytes
+    ) -> tuple[int, Body, dict[str, str]]:
+        kind, path_model, why = self._classify(method, route)
+        if not kind:
+            return 404, _openai_error(why, "invalid_request_error", None), {}
+        with self._lock:
+            failure = self._failures.popleft() if self._failures else None
+        if failure is not None:
+            status, fail_body = failure
+            if fail_body is None:
+                fail_body = _openai_error(
+                    f"Injected HTTP {status}.",
+                    _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error"),
+                    None,
+                )
+            return status, fail_body, {}
         if not token or not self.google.is_valid(token):
             with self._lock:
                 self.rejected += 1
@@ -796,11 +1060,154 @@ class FakeOpenAI(_Base):
             request = json.loads(body or b"{}")
         except ValueError:
             request = {}
-        model = str(request.get("model", "fake-model")) if isinstance(request, dict) else "?"
+        if not isinstance(request, dict):
+            request = {"model": "?"}
+        model = str(request.get("model", "fake-model"))
+        stream = request.get("stream") is True
         now = int(time.time())
         if kind == "chat":
+            if stream:
+                return 200, self._chat_stream(model, now, request), {}
             return 200, _chat_completion(model, now), {}
-        return 200, _response(model, now), {}
+        if kind == "responses":
+            if stream:
+                return (
+                    400,
+                    _openai_error(
+                        "This stand-in does not stream /responses.", "invalid_request_error", None
+                    ),
+                    {},
+                )
+            return 200, _response(model, now), {}
+        if kind == "embeddings":
+            return (*_embeddings(model, request), {})
+        if "anthropic_version" not in request:
+            return 400, _anthropic_error("anthropic_version: Field required"), {}
+        if kind == "anthropic-stream" or stream:
+            return 200, self._anthropic_stream(path_model), {}
+        return 200, _anthropic_message(path_model), {}
+
+    def _chat_stream(self, model: str, now: int, request: dict[str, Any]) -> _Stream:
+        chunks = self.stream_chunks
+        events = []
+        for i in range(chunks):
+            delta = {"role": "assistant", "content": "ok"} if i == 0 else {"content": " ok"}
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": "stop" if i == chunks - 1 else None,
+            }
+            events.append(_sse(_chunk(model, now, [choice])))
+        options = request.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            usage = {"prompt_tokens": 1, "completion_tokens": chunks, "total_tokens": 1 + chunks}
+            events.append(_sse({**_chunk(model, now, []), "usage": usage}))
+        return _Stream(events, self.stream_delay, tail=b"data: [DONE]\n\n")
+
+    def _anthropic_stream(self, model: str) -> _Stream:
+        chunks = self.stream_chunks
+        start = {**_anthropic_message(model), "content": [], "stop_reason": None}
+        payloads: list[dict[str, Any]] = [
+            {"type": "message_start", "message": start},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            *(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "ok" if i == 0 else " ok"},
+                }
+                for i in range(chunks)
+            ),
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": chunks},
+            },
+            {"type": "message_stop"},
+        ]
+        events = [_sse(p, event=str(p["type"])) for p in payloads]
+        return _Stream(events, self.stream_delay)
+
+    def _sent(self, request: int, event: int, at: float) -> None:
+        with self._lock:
+            self.stream_log.append((request, event, at))
+
+    def _abandoned(self) -> None:
+        with self._lock:
+            self.disconnects += 1
+
+
+def _sse(data: dict[str, Any], event: str = "") -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+def _chunk(model: str, now: int, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": now,
+        "model": model,
+        "choices": choices,
+    }
+
+
+def _anthropic_error(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def _anthropic_message(model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+
+
+def _embeddings(model: str, request: dict[str, Any]) -> Reply:
+    raw = request.get("input")
+    one = isinstance(raw, str) or (
+        isinstance(raw, list) and all(isinstance(x, int) for x in raw)  # one tokenized input
+    )
+    items: list[Any] = [raw] if one else raw if isinstance(raw, list) else []
+    if not raw or not items or any(item in ("", []) for item in items):
+        return 400, _openai_error(
+            "'input' must be a non-empty string or list.", "invalid_request_error", None
+        )
+    dims = request.get("dimensions")
+    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 4096:
+        dims = 8
+    as_base64 = request.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(items):
+        vector = _vector(item, dims)
+        embedding: list[float] | str = (
+            base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return 200, {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _vector(item: Any, dims: int) -> list[float]:
+    """``dims`` values in [-1, 1) derived from ``item``: the same input, the same vector;
+    multiples of 1/128, so float32 (base64) and JSON carry the same numbers."""
+    seed = json.dumps(item, sort_keys=True).encode()
+    raw = b"".join(
+        hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(-(-dims // 32))
+    )
+    return [(b - 128) / 128 for b in raw[:dims]]
 
 
 def _openai_error(message: str, type_: str, code: str | None) -> dict[str, Any]:
