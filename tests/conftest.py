@@ -99,7 +99,8 @@ def tokend_env(
     unset: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """The environment every ``tokend`` process of the tests gets: pointed at ``fake``
-    and at ``runtime`` (its state dir beside it), a 2 s fetch timeout, no journald; then ``extra``, less ``unset``."""
+    and at ``runtime`` (its state dir beside it), a 2 s fetch timeout, no journald;
+    then ``extra``, less ``unset``."""
     env = {
         **os.environ,
         **fake.env(),
@@ -193,6 +194,19 @@ class Daemon:
         text = self.log()
         for secret in self.fake.secrets():
             assert secret not in text, "a secret reached the daemon log"
+        for key in local_keys(self.dir / "state"):
+            assert key not in text, "a local proxy key reached the daemon log"
+
+
+def local_keys(state_dir: Path) -> list[str]:
+    """The proxy's local keys kept in ``state_dir`` (none when it has no keys file)."""
+    import json
+
+    try:
+        doc = json.loads((state_dir / "proxy-keys.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [k["key"] for k in doc.get("keys", []) if isinstance(k, dict) and "key" in k]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ A command added to the README in none of those places fails this test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Launched, launch, sa_config, terminate, tokend_env, wait_for
-from tokend.testing import FakeGoogle
+from tokend.testing import FakeGoogle, FakeOpenAI
 
 README = (ROOT / "README.md").read_text()
 
@@ -62,6 +63,9 @@ HERE = {
     CURL,
     "tokend doctor",
     "pip install .",  # test_pip_install_dot (slow: a fresh venv from PyPI)
+    "tokend env --proxy",
+    'set -a; . "$XDG_RUNTIME_DIR/tokend/proxy.env"; set +a',
+    "tokend exec --proxy -- python my_tool.py",
 }
 
 
@@ -103,19 +107,22 @@ def test_every_readme_config_block_loads(tmp_path: Path) -> None:
         load(path, {"TOKEND_RUNTIME_DIR": str(tmp_path / "rt")})
 
 
-@pytest.fixture
-def readme_shell(fake: FakeGoogle, short_tmp: Path) -> Iterator[dict[str, str]]:
+@contextlib.contextmanager
+def user_shell(
+    fake: FakeGoogle, short_tmp: Path, extra: str = OPENAI, ready_file: str = "token.json"
+) -> Iterator[dict[str, str]]:
     """A daemon as the README sets one up (runtime dir ``$XDG_RUNTIME_DIR/tokend``, a
-    profile with ``[profiles.default.openai]``), and the environment a user's shell has:
-    ``tokend`` on PATH, XDG_RUNTIME_DIR and TOKEND_CONFIG set, nothing else of tokend's."""
+    profile with ``[profiles.default.openai]``, then ``extra``), and the environment a
+    user's shell has: ``tokend`` on PATH, XDG_RUNTIME_DIR and TOKEND_CONFIG set, nothing
+    else of tokend's."""
     xdg = short_tmp / "xdg"
     xdg.mkdir(mode=0o700)
     config = short_tmp / "config.toml"
-    config.write_text(sa_config(fake, short_tmp, OPENAI))
+    config.write_text(sa_config(fake, short_tmp, extra))
     env = tokend_env(fake, xdg / "tokend")
     daemon: Launched = launch(config, short_tmp / "daemon.log", env)
     try:
-        ready = (xdg / "tokend" / "token.json").exists
+        ready = (xdg / "tokend" / ready_file).exists
         wait_for(lambda: ready() or daemon.proc.poll() is not None, 20)
         assert ready(), daemon.log()
         shell = {k: v for k, v in env.items() if not k.startswith("TOKEND_")}
@@ -125,6 +132,12 @@ def readme_shell(fake: FakeGoogle, short_tmp: Path) -> Iterator[dict[str, str]]:
         yield shell
     finally:
         terminate(daemon.proc, 5.0)
+
+
+@pytest.fixture
+def readme_shell(fake: FakeGoogle, short_tmp: Path) -> Iterator[dict[str, str]]:
+    with user_shell(fake, short_tmp) as shell:
+        yield shell
 
 
 def sh(command: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -157,6 +170,36 @@ def test_the_readme_commands_that_read_the_token(
     assert lines and all(re.match(r"(OK|WARN|FAIL) ", line) for line in lines), doctor.stdout
     assert any(line.startswith("OK") and "token" in line for line in lines), doctor.stdout
     assert doctor.returncode == (1 if any(ln.startswith("FAIL") for ln in lines) else 0)
+
+
+MY_TOOL = """\
+import openai  # the default client: OPENAI_BASE_URL and OPENAI_API_KEY, read once
+r = openai.OpenAI(max_retries=0).chat.completions.create(
+    model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}])
+print(r.choices[0].message.content)
+"""
+
+
+def test_the_readme_proxy_commands(fake: FakeGoogle, short_tmp: Path) -> None:
+    """The local proxy's commands, as the README gives them, against the Vertex-like
+    stand-in: the variables they set reach it with a live Google token."""
+    with FakeOpenAI(fake, project="my-project") as api:
+        extra = OPENAI + f'api_endpoint = "{api.origin}"\n[proxy]\nlisten = "127.0.0.1:0"\n'
+        with user_shell(fake, short_tmp, extra, ready_file="proxy.env") as env:
+            printed = sh("tokend env --proxy", env).stdout.splitlines()
+            assert printed[0].startswith("export OPENAI_BASE_URL=http://127.0.0.1:")
+            assert printed[1].startswith("export OPENAI_API_KEY=tokend-")
+            sourced = sh(
+                'set -a; . "$XDG_RUNTIME_DIR/tokend/proxy.env"; set +a\n'
+                'printf "export OPENAI_BASE_URL=%s\\nexport OPENAI_API_KEY=%s\\n" '
+                '"$OPENAI_BASE_URL" "$OPENAI_API_KEY"',
+                env,
+            )
+            assert sourced.stdout.splitlines() == printed, sourced.stderr
+            (short_tmp / "my_tool.py").write_text(MY_TOOL)
+            ran = sh("tokend exec --proxy -- python my_tool.py", env, cwd=short_tmp)
+            assert ran.stdout == "ok\n", ran.stderr
+        assert api.requests and all(fake.is_valid(s.token) for s in api.requests)
 
 
 @pytest.mark.slow
