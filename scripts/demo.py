@@ -1,4 +1,6 @@
-"""Driver of scripts/demo: FakeGoogle + the real `tokend run`, watching files rotate."""
+"""Driver of scripts/demo: FakeGoogle + the real `tokend run`, watching files rotate, and
+a default OpenAI client, configured once from the local proxy's proxy.env, calling a
+Vertex-like stand-in across the rotations."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import tokend.client
 from tokend.testing import FakeGoogle, FakeOpenAI
@@ -30,23 +33,58 @@ def show(runtime: Path, fake: FakeGoogle) -> str:
     )
 
 
-def openai_call(fake: FakeGoogle) -> None:
-    """The main job: the real OpenAI SDK, its key supplied by tokend on every request,
-    against a local stand-in that accepts only tokens FakeGoogle considers valid."""
+class ProxyClient:
+    """What most tools do: read OPENAI_BASE_URL and OPENAI_API_KEY once (here from
+    proxy.env) and keep one client. Through the proxy it outlives every token."""
+
+    def __init__(self, runtime: Path, api: FakeOpenAI) -> None:
+        self.runtime = runtime
+        self.api = api
+        self.client: Any = None
+        self.calls = 0
+        self.tokens: list[str] = []
+
+    def call(self) -> str:
+        try:
+            import openai
+        except ImportError:
+            return "(openai not installed: no SDK calls)"
+        if self.client is None:
+            try:
+                text = (self.runtime / "proxy.env").read_text()
+            except OSError:
+                return ""
+            env = dict(line.split("=", 1) for line in text.splitlines())
+            self.client = openai.OpenAI(
+                base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0
+            )
+        reply = self.client.chat.completions.create(
+            model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}]
+        )
+        self.calls += 1
+        token = self.api.requests[-1].token
+        if token not in self.tokens:
+            self.tokens.append(token)
+        return (
+            f"openai.OpenAI(), configured once from proxy.env: {reply.choices[0].message.content!r}"
+            f" (the proxy sent Google token {token[:14]}…, #{self.tokens.index(token) + 1})"
+        )
+
+
+def openai_call(fake: FakeGoogle, api: FakeOpenAI) -> None:
+    """The other way: the real OpenAI SDK, its key supplied by tokend on every request."""
     try:
         import openai
     except ImportError:
-        print("(openai not installed: skipping the SDK call)")
         return
-    with FakeOpenAI(fake) as api:
-        client = openai.OpenAI(api_key=tokend.client.token, base_url=api.url, max_retries=0)
-        reply = client.chat.completions.create(
-            model="google/gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}]
-        )
-        print(
-            f"\nopenai.OpenAI(api_key=tokend.client.token): request accepted "
-            f"({reply.choices[0].message.content!r}), {api.rejected} rejected"
-        )
+    client = openai.OpenAI(api_key=tokend.client.token, base_url=api.vertex_base_url, max_retries=0)
+    reply = client.chat.completions.create(
+        model="google/gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}]
+    )
+    print(
+        f"openai.OpenAI(api_key=tokend.client.token): request accepted "
+        f"({reply.choices[0].message.content!r}), {api.rejected} rejected"
+    )
 
 
 def main() -> int:
@@ -58,22 +96,30 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tokend-demo-", dir="/tmp"))
     runtime = work / "rt"
-    with FakeGoogle(lifetime=args.lifetime) as fake:
+    with (
+        FakeGoogle(lifetime=args.lifetime) as fake,
+        FakeOpenAI(fake, project="demo-project", location="us-central1") as api,
+    ):
         creds = fake.write_service_account(work / "service-account.json")
         config = work / "config.toml"
         config.write_text(
-            f'[profiles.default]\ncredentials = "{creds}"\n'
-            '[profiles.default.openai]\nproject = "demo-project"\nlocation = "global"\n'
+            f'[proxy]\nlisten = "127.0.0.1:0"\n[profiles.default]\ncredentials = "{creds}"\n'
+            '[profiles.default.openai]\nproject = "demo-project"\nlocation = "us-central1"\n'
+            f'api_endpoint = "{api.origin}"  # the Vertex-like stand-in\n'
         )
         print(f"FakeGoogle listening on {fake.url} (tokens live {args.lifetime:g} s)")
+        print(f"Vertex-like stand-in on {api.origin} (accepts only live FakeGoogle tokens)")
         print(f"config: {config}\nruntime dir: {runtime}\n")
         os.environ["TOKEND_RUNTIME_DIR"] = str(runtime)  # where tokend.client looks
+        os.environ["TOKEND_STATE_DIR"] = str(work / "state")  # the proxy's key
         env = {**os.environ, **fake.env()}
         daemon = subprocess.Popen(
             [sys.executable, "-m", "tokend", "run", "--config", str(config)], env=env
         )
         deadline = None if args.forever else time.monotonic() + args.seconds
         last = ""
+        tool = ProxyClient(runtime, api)
+        next_call = time.monotonic() + 0.5
         try:
             while deadline is None or time.monotonic() < deadline:
                 if daemon.poll() is not None:
@@ -83,13 +129,21 @@ def main() -> int:
                 if now != last:
                     print(f"[{time.strftime('%H:%M:%S')}] {now}", flush=True)
                     last = now
+                if time.monotonic() >= next_call:
+                    next_call += 2.0
+                    if said := tool.call():
+                        print(f"[{time.strftime('%H:%M:%S')}]   {said}", flush=True)
                 time.sleep(0.25)
             files = sorted(p.name for p in runtime.iterdir())
             print(f"\nfiles in {runtime}: {', '.join(files)}")
             print(f"token endpoint calls: {fake.calls['token']} (one per rotation, for everyone)")
             print("\n$ tokend status", flush=True)
             subprocess.run([sys.executable, "-m", "tokend", "status"], env=env, check=False)
-            openai_call(fake)
+            print(
+                f"\none OpenAI client, key read once: {tool.calls} requests through the proxy, "
+                f"across {len(tool.tokens)} Google tokens, {api.rejected} rejected"
+            )
+            openai_call(fake, api)
         except KeyboardInterrupt:
             pass
         finally:

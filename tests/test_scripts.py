@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def test_demo_shows_rotation_and_an_openai_call_then_stops_by_itself() -> None:
     assert len(rotations) >= 2, out  # 8-second tokens rotate within 10 s
     assert "NOT VALID" not in out
     assert "request accepted" in out and ", 0 rejected" in out
+    # One default OpenAI client, configured once from proxy.env, across rotations.
+    through = re.search(
+        r"(\d+) requests through the proxy, across (\d+) Google tokens, 0 rejected", out
+    )
+    assert through and int(through[1]) >= 4 and int(through[2]) >= 2, out
     assert "fresh" in out  # tokend status
     assert "tokend stopped (exit 0); demo done." in out
 
