@@ -63,9 +63,14 @@ RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
 UMask=0077
 LimitCORE=0
+# The local proxy's keys (state_dir, default ~/.local/state/tokend) outlive restarts
+# and reboots, so the home's one writable place is that directory. Made first, outside
+# the sandbox ("+"): a ReadWritePaths= that does not exist fails the start.
+ExecStartPre=+/usr/bin/env mkdir -p -m 0700 %h/.local/state/tokend
+ReadWritePaths=%h/.local/state/tokend
 
 # Sandbox. Read-only: the OS and $HOME (~/.config/gcloud ADC, ~/.config/tokend);
-# writable: only the runtime dir. A runtime_dir or absolute sink path elsewhere
+# writable: only the runtime dir and the state dir. A runtime_dir or absolute sink path elsewhere
 # needs a drop-in with ReadWritePaths=.
 # PrivateUsers=yes maps only this user: peers of other uids (socket.allow_uids)
 # appear as 65534 (see README, "Running as a service").
@@ -91,8 +96,9 @@ LockPersonality=yes
 MemoryDenyWriteExecute=yes
 KeyringMode=private
 RemoveIPC=yes
-# Google's token endpoints (and the metadata server), and the Unix socket.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+# Google's token endpoints (and the metadata server), the Unix socket, the proxy;
+# netlink (sock_diag) tells the proxy which uid owns a connecting socket.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
