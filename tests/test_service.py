@@ -55,7 +55,8 @@ def test_committed_unit_is_the_one_install_writes() -> None:
         "RuntimeDirectory=tokend",
         "RuntimeDirectoryMode=0700",
         "ProtectHome=read-only",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "ReadWritePaths=%h/.local/state/tokend",
     ):
         assert line in text.splitlines(), line
 
