@@ -279,6 +279,11 @@ def test_proxy_env_and_the_key_file(proxied: Callable[..., Any], short_tmp: Path
             check=True,
         ).stdout
         assert json.loads(printed) == env
+        status = subprocess.run(
+            [sys.executable, "-m", "tokend", "status"], env=d.env, capture_output=True, text=True
+        ).stdout
+        assert f"local proxy: {env['OPENAI_BASE_URL']} (`tokend env --proxy` for its key)" in status
+        assert env["OPENAI_API_KEY"] not in status
         # The runtime dir deleted: proxy.env comes back with the same key.
         shutil.rmtree(d.runtime_dir)
         assert proxy_env(d) == env

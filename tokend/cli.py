@@ -182,6 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
+    if status.get("proxy"):
+        print(f"local proxy: {status['proxy']} (`tokend env --proxy` for its key)")
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
 
 

@@ -210,6 +210,7 @@ class Daemon:
         proxy = Proxy(self.endpoints, ProxySettings.of(self.config), ring, self.endpoints.metrics)
         await proxy.start()
         self._proxy = proxy
+        self.served.proxy_url = proxy.base_url
         if self._watcher is not None:
             self._watcher.set_targets(self._watch_targets())
 

@@ -88,7 +88,7 @@ class Served:
     reload adds and replaces entries in place) and the two settings answers name. The
     daemon updates the settings when a reload changes them."""
 
-    __slots__ = ("config_source", "refreshers", "runtime_dir")
+    __slots__ = ("config_source", "proxy_url", "refreshers", "runtime_dir")
 
     def __init__(
         self, refreshers: Mapping[str, ProfileRefresher], config_source: str, runtime_dir: Path
@@ -96,6 +96,8 @@ class Served:
         self.refreshers = refreshers
         self.config_source = config_source
         self.runtime_dir = runtime_dir
+        #: The local proxy's base URL once it listens ("" when it is off).
+        self.proxy_url = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +383,7 @@ class Endpoints:
                 "version": __version__,
                 "pid": os.getpid(),
                 "runtime_dir": str(self.served.runtime_dir),
+                "proxy": self.served.proxy_url or None,
                 "healthy": all(r.valid_token() for r in refreshers.values()),
                 "profiles": {
                     name: r.snapshot().as_dict() for name, r in sorted(refreshers.items())

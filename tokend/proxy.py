@@ -55,6 +55,7 @@ from tokend.metrics import Metrics
 from tokend.proxykeys import DEFAULT, KeyRing
 from tokend.refresher import ProfileRefresher
 from tokend.sinks import atomic_write
+from tokend.threads import run_in_thread
 from tokend.token import Token
 
 __all__ = ["Proxy", "ProxySettings", "render_env"]
@@ -392,7 +393,7 @@ class Proxy:
             return
         data = render_env(self.base_url, key.value)
         path = self.settings.env_path
-        await asyncio.to_thread(atomic_write, path, data, 0o600, private=True)
+        await run_in_thread(lambda: atomic_write(path, data, 0o600, private=True))
 
     def env_missing(self) -> bool:
         return not os.path.lexists(self.settings.env_path)
@@ -467,7 +468,7 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """aiohttp's entry point: check, route, forward; one log line, one count."""
-        call = _Call(clock.monotonic(), request.method, request.path[:200])
+        call = _Call(clock.monotonic(), request.method, _printable(request.raw_path))
         status = 500
         try:
             response = await self._handle(request, call)
@@ -694,6 +695,13 @@ def _replace_address(settings: ProxySettings, old: ProxySettings) -> ProxySettin
     from dataclasses import replace
 
     return replace(settings, bind=old.bind, port=old.port)
+
+
+def _printable(raw_path: str) -> str:
+    """The path for a log line: no query (it may hold anything), no control characters
+    (a terminal reading the journal must not be steered by a client), bounded."""
+    path = raw_path.partition("?")[0][:200]
+    return "".join(c if c.isprintable() else "?" for c in path)
 
 
 def _presented_key(headers: Any) -> str:
