@@ -827,3 +827,53 @@ def test_proxy_module_is_not_on_the_client_path() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_silent_stream_is_cut_after_idle_timeout(
+    api: FakeOpenAI, proxied: Callable[..., Any]
+) -> None:
+    """No total timeout on a stream, an idle one instead: the upstream sends its headers,
+    then nothing; the proxy cuts the stream after idle_timeout, and says so."""
+    api.stream_chunks = 2
+    api.stream_delay = 4.0
+    with proxied(proxy="idle_timeout = 1") as (d, env):
+        body = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(env), timeout=10)
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={
+                "Authorization": f"Bearer {env['OPENAI_API_KEY']}",
+                "Content-Type": "application/json",
+            },
+        )
+        started = time.monotonic()
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        assert time.monotonic() - started < 3.0  # cut at ~1 s, not at the 4 s chunk
+        conn.close()
+        d.wait_log("upstream stream ended early: no answer in time")
+
+
+def test_a_reload_changes_aliases_and_models_at_once(
+    api: FakeOpenAI, proxied: Callable[..., Any]
+) -> None:
+    import signal
+
+    with proxied(proxy='aliases = { "gpt-4o" = "google/gemini-2.5-pro" }') as (d, env):
+        ask = json.dumps({"model": "gpt-4o", "messages": []}).encode()
+        headers = {"Content-Type": "application/json"}
+        assert raw(env, "POST", "/v1/chat/completions", body=ask, headers=headers)[0] == 200
+        assert api.requests[-1].json()["model"] == "google/gemini-2.5-pro"
+        text = d.config_path.read_text().replace("gemini-2.5-pro", "gemini-2.5-flash")
+        d.config_path.write_text(text.replace("[proxy]", '[proxy]\nmodels = ["m1"]'))
+        d.signal(signal.SIGHUP)
+        d.wait_log("configuration reloaded")
+        assert raw(env, "POST", "/v1/chat/completions", body=ask, headers=headers)[0] == 200
+        assert api.requests[-1].json()["model"] == "google/gemini-2.5-flash"
+        models = json.loads(raw(env, "GET", "/v1/models")[1])
+        assert [m["id"] for m in models["data"]] == ["m1", "gpt-4o"]
+        assert proxy_env(d) == env  # same address, same key
