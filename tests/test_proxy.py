@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -284,6 +285,15 @@ def test_proxy_env_and_the_key_file(proxied: Callable[..., Any], short_tmp: Path
         ).stdout
         assert f"local proxy: {env['OPENAI_BASE_URL']} (`tokend env --proxy` for its key)" in status
         assert env["OPENAI_API_KEY"] not in status
+        doctor = subprocess.run(
+            [sys.executable, "-m", "tokend", "doctor", "--config", str(d.config_path)],
+            env=d.env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert re.search(
+            rf"^OK +proxy +{re.escape(env['OPENAI_BASE_URL'])} answers", doctor, re.M
+        ), doctor
         # The runtime dir deleted: proxy.env comes back with the same key.
         shutil.rmtree(d.runtime_dir)
         assert proxy_env(d) == env

@@ -71,6 +71,8 @@ def _checks(config_path: str | None) -> Iterator[Check]:
         yield _credentials(name, profile, profiles.get(name) or {})
     yield _runtime_dir(cfg.runtime_path)
     yield _socket(cfg.socket_path, status, why)
+    if cfg.proxy.enabled and status is not None:
+        yield _proxy(cfg.runtime_path, status)
     yield _service()
     for name in cfg.profiles:
         yield _token(name, profiles.get(name) or {}, file)
@@ -151,6 +153,49 @@ def _socket(path: Path | None, status: dict[str, Any] | None, why: str) -> Check
         return Check("socket", "FAIL", what, fix)
     n = len(status.get("profiles") or {})
     return Check("socket", "OK", f"tokend answers on {path} ({n} profile(s))")
+
+
+def _proxy(runtime: Path, status: dict[str, Any]) -> Check:
+    """The proxy answers as tokend does (a request without the key gets tokend's 401),
+    and proxy.env names the address it listens on."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    from tokend import client
+
+    url = status.get("proxy")
+    if not url:
+        return Check(
+            "proxy",
+            "FAIL",
+            "proxy.listen is set but the running tokend has no proxy",
+            "restart tokend (`systemctl --user restart tokend`) to start it",
+        )
+    try:
+        env = client.proxy_env()
+    except client.TokenUnavailable as err:
+        return Check("proxy", "FAIL", str(err))
+    if env["OPENAI_BASE_URL"] != url:
+        return Check(
+            "proxy",
+            "FAIL",
+            f"{runtime}/proxy.env names {env['OPENAI_BASE_URL']}, tokend listens on {url}",
+            "restart tokend",
+        )
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=3.0)
+    try:
+        conn.request("GET", "/v1/models")  # no key: tokend's own 401, nothing forwarded
+        resp = conn.getresponse()
+        code = json.loads(resp.read()).get("error", {}).get("code")
+    except (OSError, ValueError, AttributeError) as err:
+        return Check("proxy", "FAIL", f"{url}: no answer ({err})", "see the daemon's log")
+    finally:
+        conn.close()
+    if resp.status != 401 or code != "invalid_api_key":
+        return Check("proxy", "FAIL", f"{url}: answered {resp.status}: not tokend's proxy?")
+    return Check("proxy", "OK", f"{url} answers; proxy.env holds its address and key")
 
 
 def _start_hint() -> str:
