@@ -128,7 +128,7 @@ def test_env_overrides(tmp_path: Path) -> None:
             "profiles.default.openai.location: must be a Vertex AI location such as",
         ),
         ("[profiles.default]\ncredentials = 1", "profiles.default.credentials: must be a string"),
-        ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are non-negative"),
+        ("[socket]\nallow_uids = [-1]", "socket.allow_uids: uids are whole numbers, 0 or more"),
         ("[profiles.default]\nscopes = []", "profiles.default.scopes: must list at least one"),
         ("[profiles.default]\nimpersonate = 'bob'", "profiles.default.impersonate: must be a"),
         (
@@ -145,6 +145,20 @@ def test_env_overrides(tmp_path: Path) -> None:
             "profiles.b.sinks[0].path",
         ),
         ("runtime_dir = ", "invalid TOML"),
+        # Where a list, a table or a non-empty string belongs: TOML's words, an example.
+        (
+            "[profiles.default]\nscopes = 'https://x'",
+            'profiles.default.scopes: must be a list in square brackets, e.g. ["a", "b"]',
+        ),
+        ("socket = 'x'", "socket: must be a table: a [section] of its own"),
+        ("profiles = 'x'", "profiles: must be a table"),
+        ("[profiles]\ndefault = 'x'", "profiles.default: must be a table"),
+        ("[proxy]\naliases = 'x'", "proxy.aliases: must be a table"),
+        ("[proxy]\nmodels = 'm'", "proxy.models: must be a list in square brackets"),
+        ("[profiles.default]\ncredentials = ''", "profiles.default.credentials: must not be empty"),
+        ("[[profiles.default.sinks]]\npath = ''", "profiles.default.sinks[0].path: must not be"),
+        ("[proxy]\nlisten = '0.0.0.0:1'", "proxy.listen: 0.0.0.0 is not a loopback address"),
+        ("[proxy]\nidle_timeout = 0", "proxy.idle_timeout: must be more than 0"),
     ],
 )
 def test_errors_name_file_key_and_fix(tmp_path: Path, text: str, message: str) -> None:
@@ -154,7 +168,8 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, text: str, message: str) -
     assert "\n" not in line
     assert line.startswith(str(tmp_path / "config.toml") + ": ")
     assert message in line
-    assert not re.search(r"Input should|String should|pattern|\^\[", line)  # no pydantic words
+    # No pydantic words.
+    assert not re.search(r"Input should|String should|instance of|pattern|\^\[", line)
 
 
 def test_named_file_must_exist(tmp_path: Path) -> None:

@@ -203,6 +203,17 @@ def test_protected_policy_is_the_sink_parent_rule(base: Path, opened: list[int])
     )
 
 
+def test_a_sink_in_the_shared_tmp_never_advises_changing_tmp() -> None:
+    """/tmp is sticky and world-writable by design: the fix is another directory, never
+    chmod (even for root, who owns /tmp)."""
+    with pytest.raises(UnsafePathError) as exc:
+        paths.check_sink_parent(Path("/tmp/tok"))
+    assert "chmod" not in str(exc.value)
+    assert str(exc.value).endswith(
+        "write sinks into a directory of your own, or use a path inside runtime_dir"
+    )
+
+
 def test_sink_one_level_deeper_under_a_world_writable_directory(base: Path) -> None:
     """/tmp/tkX/pub/sub/token with pub 0777 and not sticky: pub's users can swap sub."""
     pub = mkdir(base / "pub", 0o777)

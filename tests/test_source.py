@@ -396,6 +396,10 @@ def test_metadata_server_down_is_retryable(
     errors.append(err)
     assert time.monotonic() - start < 1  # google-auth alone would try 5 times with sleeps
     assert isinstance(err, RefreshError) and err.retryable
+    # Off Google Cloud this is the usual cause: say so; whether it is retried is for the
+    # caller to say (`run --once` does not retry).
+    assert 'credentials = "metadata" works only on Google Cloud' in str(err)
+    assert "retrying" not in str(err)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -550,3 +554,12 @@ def test_invalidate_does_not_wait_for_a_fetch_in_flight(fake: FakeGoogle, tmp_pa
     assert time.monotonic() - start < 0.1
     worker.join(5)
     assert fake.who(src.fetch().value) == "two@p.iam.gserviceaccount.com"
+
+
+def test_credentials_naming_a_directory_says_to_name_the_file(tmp_path: Path) -> None:
+    err = fetch_error(source(tmp_path))
+    assert isinstance(err, CredentialsError) and err.reason == "credentials_invalid"
+    assert str(err) == (
+        f"{tmp_path} is a directory; profiles.p.credentials names the credentials JSON file "
+        "itself, e.g. ~/.config/gcloud/application_default_credentials.json"
+    )

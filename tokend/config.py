@@ -254,7 +254,7 @@ class SocketConfig(_Model):
     @classmethod
     def _uids_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if any(u < 0 for u in v):
-            raise ValueError("uids are non-negative integers")
+            raise ValueError("uids are whole numbers, 0 or more, e.g. [1001]")
         return v
 
 
@@ -527,7 +527,13 @@ _PLAIN = {
     "int_from_float": "must be a whole number",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
-    "list_type": "must be a list in square brackets",
+    "list_type": 'must be a list in square brackets, e.g. ["a", "b"]',
+    "tuple_type": 'must be a list in square brackets, e.g. ["a", "b"]',
+    "dict_type": 'must be a table: a [section] of its own, or { key = "value" }',
+    "model_type": "must be a table: a [section] of its own",
+    "model_attributes_type": "must be a table: a [section] of its own",
+    "string_too_short": 'must not be empty, e.g. "value"',
+    "too_short": "must not be empty",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
 }

@@ -398,7 +398,10 @@ class _Walk:
             if st.st_uid not in self.trusted:
                 raise _unsafe(f"{where}: owned by {_who(st.st_uid)}; {self.elsewhere}")
             if _others_write(st):
-                fix = f"fix: chmod go-w {where}, or {self.elsewhere}" if mine else self.elsewhere
+                # A sticky shared directory (/tmp) is open by design: never advise
+                # changing it, whoever owns it.
+                ours = mine and not st.st_mode & stat.S_ISVTX
+                fix = f"fix: chmod go-w {where}, or {self.elsewhere}" if ours else self.elsewhere
                 raise _unsafe(
                     f"{where}: mode {_mode(st)} is group/world writable, so others could "
                     f"replace the files in it; {fix}"

@@ -187,7 +187,7 @@ async def fetch_within(
     if abandon is not None and abandon.done():
         raise _Resumed
     raise RefreshError(
-        f"no answer within {timeout:g} s (TOKEND_TIMEOUT); gave up on it, retrying with backoff",
+        f"no answer within {timeout:g} s (TOKEND_TIMEOUT); gave up on it",
         retryable=True,
         reason="timeout",
     )

@@ -438,6 +438,12 @@ class Source:
                 f"{path}: permission denied; make it readable by tokend's user (chmod 600 {path})"
             ) from None
         except OSError as err:
+            if os.path.isdir(path):
+                raise self._invalid(
+                    f"{path} is a directory; profiles.{self.name}.credentials names the "
+                    "credentials JSON file itself, e.g. "
+                    "~/.config/gcloud/application_default_credentials.json"
+                ) from None
             raise self._invalid(f"{path}: cannot read: {err.strerror}; {self._fix()}") from None
 
     def _check_subject_file(self, path: Path) -> None:
@@ -524,7 +530,7 @@ class Source:
     def _bad_response(self, what: str) -> RefreshError:
         host = self._transport.last.host if self._transport.last else "the token endpoint"
         return RefreshError(
-            f"{host} answered {what}; retrying with backoff",
+            f"{host} answered {what}",
             retryable=True,
             reason="bad_response",
         )
@@ -542,9 +548,15 @@ class Source:
     def _retryable(self, abort: _Abort) -> RefreshError:
         response = abort.response
         detail = f" ({response.error})" if response and response.error else ""
+        hint = ""
+        if self.credential_type == "metadata" and response is None:
+            hint = (
+                '; credentials = "metadata" works only on Google Cloud (Compute Engine, GKE, '
+                'Cloud Run): elsewhere use "adc" or a credentials file'
+            )
         return RefreshError(
             f"token request to {abort.host or 'the token endpoint'} "
-            f"failed: {abort.why}{detail}; retrying with backoff",
+            f"failed: {abort.why}{detail}{hint}",
             retryable=True,
             reason="timeout"
             if abort.timed_out
@@ -569,7 +581,7 @@ class Source:
             # A 200 whose body google-auth could not use (not JSON, fields missing): a
             # proxy's error page or a glitch that a later attempt can outlast.
             return RefreshError(
-                f"{last.host} answered 200 with an unusable body; retrying with backoff",
+                f"{last.host} answered 200 with an unusable body",
                 retryable=True,
                 reason="bad_response",
             )
@@ -580,7 +592,7 @@ class Source:
                 f"cannot refresh ({type(exc).__name__} before any request); {self._fix()}"
             )
         return RefreshError(
-            f"refresh failed ({type(exc).__name__}); retrying with backoff",
+            f"refresh failed ({type(exc).__name__})",
             retryable=True,
             reason="refresh_failed",
         )
