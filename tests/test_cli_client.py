@@ -92,6 +92,25 @@ def test_token_without_daemon_exits_1_with_one_line(short_tmp: Path) -> None:
     assert "systemctl --user start tokend" in lines[0]
 
 
+@pytest.mark.parametrize("shell", ["sh", "fish"])
+def test_eval_of_a_failed_env_fails(short_tmp: Path, shell: str) -> None:
+    """`eval "$(tokend env)"` with no token to be had fails, so a `set -e` script stops
+    instead of going on without a key."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_")}
+    env.update(TOKEND_RUNTIME_DIR=str(short_tmp), TOKEND_CONFIG=str(short_tmp / "none.toml"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    script = (
+        'set -e; eval "$(tokend env)"; echo reached'
+        if shell == "sh"
+        else "eval (tokend env --format fish); or exit 1; echo reached"
+    )
+    out = subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env, timeout=20)
+    assert out.returncode != 0 and "reached" not in out.stdout, out
+    assert "tokend: no token for profile 'default'" in out.stderr
+
+
 def test_reauth_required_is_explained(
     daemon_factory: Callable[..., Any], fake: FakeGoogle, short_tmp: Path
 ) -> None:

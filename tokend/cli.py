@@ -111,7 +111,15 @@ def _proxy_env() -> dict[str, str]:
 def cmd_env(args: argparse.Namespace) -> int:
     import shlex
 
-    env = _proxy_env() if args.proxy else _token_env(args.profile, args.min_valid)
+    try:
+        env = _proxy_env() if args.proxy else _token_env(args.profile, args.min_valid)
+    except TokendError:
+        if args.format in ("sh", "fish") and not sys.stdout.isatty():
+            # `eval "$(tokend env)"` of nothing succeeds, and a `set -e` script would go
+            # on without a key: give the eval a command that fails (the reason is on
+            # stderr).
+            print("false")
+        raise
     if args.format == "json":
         _emit_json(env)
     elif args.format == "fish":
