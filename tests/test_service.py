@@ -605,6 +605,7 @@ def test_doctor_on_a_healthy_setup(
     )
     env = {"GOOGLE_APPLICATION_CREDENTIALS": str(user)}
     assert home.tokend("install", "--systemd").returncode == 0
+    fake.lifetime = 50  # under a minute left: said in seconds, not "0m"
     with daemon_factory(config, env=env) as d:
         doctor_env = {**env, "TOKEND_RUNTIME_DIR": str(d.runtime_dir)}
         r = home.tokend("doctor", "--config", str(d.config_path), **doctor_env)
@@ -624,6 +625,7 @@ def test_doctor_on_a_healthy_setup(
         )
     }, r.stdout
     assert f"authorized_user at {user}" in r.stdout
+    assert re.search(r"token:default +valid for [1-4]\ds\b", r.stdout), r.stdout
     assert "https://us-central1-aiplatform.googleapis.com/v1/projects/my-project" in r.stdout
     assert not [s for s in secrets if s in r.stdout + r.stderr]
 

@@ -273,9 +273,10 @@ def _token(name: str, live: dict[str, Any], config: Path) -> Check:
         error = live.get("last_error") or ""
         detail = f"{live.get('state')}: {error}" if error else str(err)
         return Check(label, "FAIL", detail, "see `tokend status` and the daemon's log")
+    from tokend.timefmt import format_duration
+
     who = f", account {info.account}" if info.account else ""
-    minutes = int(info.expires_in // 60)
-    return Check(label, "OK", f"valid for {minutes}m{who}")
+    return Check(label, "OK", f"valid for {format_duration(int(info.expires_in))}{who}")
 
 
 def _clock() -> Check:
