@@ -307,18 +307,29 @@ def proxy_env(*, config: str | os.PathLike[str] | None = None) -> dict[str, str]
 _file_cache: dict[Path, tuple[tuple[int, int, int], TokenInfo]] = {}
 
 
-def _read_file(path: Path) -> TokenInfo | None:
-    """The token in a json sink, or None when missing or unreadable. The daemon replaces
-    the file by rename, so (inode, mtime, size) changes with every new token."""
+def _read_file(path: Path) -> TokenInfo | str:
+    """The token in a json sink, else why there is none. The daemon replaces the file by
+    rename, so (inode, mtime, size) changes with every new token."""
     try:
         st = os.stat(path)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = _file_cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        info = _info_from(json.loads(read_regular(path, _MAX_RESPONSE)))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except FileNotFoundError:
+        return f"no token file at {path}"
+    except OSError as err:
+        return f"cannot look at the token file {path}: {err.strerror or err}"
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _file_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        data = read_regular(path, _MAX_RESPONSE)
+    except FileNotFoundError:
+        return f"no token file at {path}"
+    except OSError as err:
+        return f"cannot read the token file {path}: {err.strerror or err}"
+    try:
+        info = _info_from(json.loads(data))
+    except (ValueError, KeyError, TypeError):
+        return f"{path} does not hold a token object (not written by tokend?)"
     _file_cache[path] = (key, info)
     return info
 
@@ -331,8 +342,8 @@ def _from_file(
     if path is None:
         return None, f"profile {profile!r} has no json token file"
     info = _read_file(path)
-    if info is None:
-        return None, f"no token file at {path}"
+    if isinstance(info, str):
+        return None, info
     if info.profile != profile:
         return None, f"{path} holds profile {info.profile!r}, not {profile!r}"
     left = info.expires_in
