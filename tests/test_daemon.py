@@ -288,6 +288,23 @@ def test_run_once(fake: FakeGoogle, short_tmp: Path) -> None:
         assert secret not in ok.stderr + bad.stderr
 
 
+def test_run_once_opens_no_socket_so_its_path_length_does_not_matter(
+    fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """A runtime dir too deep for an AF_UNIX path: the daemon refuses it (exit 2), but
+    `--once` serves no socket, so it writes its files."""
+    deep = short_tmp / ("d" * 60) / ("e" * 60)
+    config = short_tmp / "config.toml"
+    config.write_text(sa_config(fake, short_tmp))
+    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(deep)}
+    cmd = [sys.executable, "-m", "tokend", "run", "--config", str(config)]
+    daemon = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert daemon.returncode == 2 and "socket" in daemon.stderr
+    once = subprocess.run([*cmd, "--once"], env=env, capture_output=True, text=True, timeout=30)
+    assert once.returncode == 0, once.stderr
+    assert fake.is_valid((deep / "token").read_text())
+
+
 def test_unsafe_runtime_dir_is_refused(fake: FakeGoogle, short_tmp: Path) -> None:
     rt = short_tmp / "rt"
     rt.mkdir(mode=0o755)

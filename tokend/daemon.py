@@ -78,10 +78,11 @@ def harden_process() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def prepare_paths(config: Config) -> None:
+def prepare_paths(config: Config, *, socket: bool = True) -> None:
     """Check every path before anything is written: the runtime dir (created 0700) and
     the way to it, the directories of sinks inside it (created 0700) and of absolute
-    sinks outside it (which must exist), the socket path length. The same checks run
+    sinks outside it (which must exist), the socket path length (unless ``socket`` is
+    False: ``run --once`` opens none). The same checks run
     again at every write (:mod:`tokend.sinks`); here they make a bad start fail at once,
     with one line and exit 2."""
     runtime = config.runtime_path
@@ -93,7 +94,7 @@ def prepare_paths(config: Config) -> None:
                 check_sink_parent(path)
             elif not is_within(runtime, path.parent):  # a directory inside the runtime dir
                 ensure_private_dir(path.parent)
-    sock = config.socket_path
+    sock = config.socket_path if socket else None
     if sock is not None:
         check_socket_path(sock)
         if config.socket.allow_uids:
@@ -526,7 +527,7 @@ def run_once(config: Config) -> int:
     """
     if config.socket_path is not None:
         refuse_if_served(config.socket_path)
-    prepare_paths(config)
+    prepare_paths(config, socket=False)
     timeout = config.timeout
     worst = 0
     for name, pc in config.profiles.items():
