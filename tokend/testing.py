@@ -1274,7 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a FakeGoogle until SIGINT/SIGTERM; print where it is and how to use it."""
     parser = argparse.ArgumentParser(
         prog="python -m tokend.testing",
-        description="Run a fake Google token service on 127.0.0.1 for demos and tests.",
+        description="Run a fake Google token service and a Vertex-like model API on "
+        "127.0.0.1, for demos, tests and trying tools offline.",
     )
     parser.add_argument("--lifetime", type=float, default=3600.0, help="token lifetime (s)")
     parser.add_argument("--dir", default="", help="where to write throw-away credential files")
@@ -1292,7 +1293,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    with FakeGoogle(lifetime=args.lifetime) as fake:
+    with (
+        FakeGoogle(lifetime=args.lifetime) as fake,
+        FakeOpenAI(fake, project="fake-project", location="us-central1") as api,
+    ):
         user = fake.write_authorized_user(directory / "authorized_user.json")
         sa = fake.write_service_account(directory / "service_account.json")
         external = fake.write_external_account(
@@ -1304,6 +1308,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  metadata      {fake.metadata_host}",
             f"  iam_endpoint  {fake.iam_endpoint}",
             f"  sts_uri       {fake.sts_uri}",
+            f"Vertex-like model API on {api.origin} (accepts only live tokens from it)",
+            f"  OpenAI base   {api.vertex_base_url}",
             "credential files:",
             f"  authorized_user   {user}",
             f"  service_account   {sa}",
@@ -1314,6 +1320,13 @@ def main(argv: list[str] | None = None) -> int:
             "  [profiles.default]",
             f'  credentials = "{user}"',
             f'  token_uri = "{fake.token_uri}"',
+            "  [profiles.default.openai]",
+            '  project = "fake-project"',
+            '  location = "us-central1"',
+            f'  api_endpoint = "{api.origin}"',
+            "  [proxy]",
+            '  listen = "127.0.0.1:8789"',
+            "then: tokend run --config config.toml; tokend env --proxy; point any tool at it",
             "Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)
