@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     echo "setting up $VENV (once) ..." >&2
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,tools]" >&2
     printf '%s' "$want" > "$stamp"
 fi
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"

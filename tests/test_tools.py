@@ -1,0 +1,233 @@
+"""The README's "Use it with ..." recipes, each run as its tool runs them: one
+long-running process, across at least three token rotations, against the Vertex-like
+stand-in (which accepts only a live token) with the real ``tokend run`` in front.
+
+The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm). Without them
+these tests are skipped, except under CI, where a missing tool fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, run_daemon, wait_for
+from tests.test_proxy import PROJECT, proxy_config, proxy_env
+from tokend.testing import FakeGoogle, FakeOpenAI
+
+pytestmark = pytest.mark.tools
+
+#: Seconds a token lives: a rotation every few seconds, each one a chance to fail.
+LIFETIME = 10.0
+ROTATIONS = 3
+
+
+def need(module: str) -> None:
+    """Skip without the tool, but fail under CI: CI installs the [tools] extra."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is missing: CI installs the [tools] extra")
+        pytest.skip(f"{module} is not installed (pip install -e '.[tools]')")
+
+
+@pytest.fixture
+def api(fake: FakeGoogle) -> Iterator[FakeOpenAI]:
+    fake.lifetime = LIFETIME
+    with FakeOpenAI(fake, project=PROJECT) as server:
+        yield server
+
+
+@pytest.fixture
+def daemon(fake: FakeGoogle, api: FakeOpenAI, short_tmp: Path) -> Iterator[Daemon]:
+    with run_daemon(fake, short_tmp, proxy_config(fake, short_tmp, api.origin)) as d:
+        proxy_env(d)
+        yield d
+
+
+def tool_env(d: Daemon, **extra: str) -> dict[str, str]:
+    """What a user's shell has: tokend's config and runtime dir, no OPENAI_* of its own."""
+    env = {k: v for k, v in d.env.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
+    env["TOKEND_CONFIG"] = str(d.config_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+def run_across_rotations(
+    api: FakeOpenAI,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    stdin: Callable[[subprocess.Popen[str]], None] | None = None,
+    timeout: float = 90.0,
+) -> str:
+    """Run the tool's process until the stand-in has accepted more than ROTATIONS
+    distinct tokens from it; then stop it. Every request must have been accepted."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=env.get("HOME", "/"),
+    )
+    try:
+        if stdin is not None:
+            stdin(proc)
+        else:
+            wait_for(
+                lambda: len(set(api.seen_tokens)) > ROTATIONS or proc.poll() is not None, timeout
+            )
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert len(set(api.seen_tokens)) > ROTATIONS, f"too few rotations:\n{out}\n{err[-3000:]}"
+    assert api.rejected == 0, err[-3000:]
+    failed = [s for s in api.requests if s.status != 200]
+    assert not failed, (failed, err[-3000:])
+    return out
+
+
+# -- langchain-openai -----------------------------------------------------------------------
+
+LANGCHAIN_CALLABLE = """
+import tokend
+from langchain_openai import ChatOpenAI
+
+# The recipe: a callable key, asked before every request.
+llm = ChatOpenAI(model="google/gemini-2.5-flash", base_url=tokend.openai_base_url(),
+                 api_key=tokend.token, max_retries=0)
+while True:
+    assert llm.invoke("hi").content == "ok"
+    assert "".join(c.content for c in llm.stream("hi"))
+"""
+
+LANGCHAIN_PROXY = """
+from langchain_openai import ChatOpenAI
+
+# The recipe: nothing but OPENAI_BASE_URL and OPENAI_API_KEY from proxy.env.
+llm = ChatOpenAI(model="gemini-2.5-flash", max_retries=0)
+while True:
+    assert llm.invoke("hi").content == "ok"
+"""
+
+
+@pytest.mark.parametrize("way", ["callable key", "proxy"])
+def test_langchain_chatopenai(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
+    need("langchain_openai")
+    if way == "proxy":
+        env = tool_env(daemon, **proxy_env(daemon))
+        script = LANGCHAIN_PROXY
+    else:
+        env = tool_env(daemon)
+        script = LANGCHAIN_CALLABLE
+    run_across_rotations(api, [sys.executable, "-c", script], env)
+
+
+# -- litellm ---------------------------------------------------------------------------------
+
+LITELLM_PER_CALL = """
+import litellm, tokend
+
+# The recipe: litellm takes no callable key, so pass a fresh one on every call.
+while True:
+    r = litellm.completion(model="openai/google/gemini-2.5-flash",
+                           api_base=tokend.openai_base_url(), api_key=tokend.token(),
+                           messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "ok"
+"""
+
+LITELLM_PROXY = """
+import os, litellm
+
+# The recipe: the proxy's base URL and key, read once.
+base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+while True:
+    r = litellm.completion(model="openai/gemini-2.5-flash", api_base=base, api_key=key,
+                           messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "ok"
+"""
+
+
+@pytest.mark.parametrize("way", ["per-call key", "proxy"])
+def test_litellm(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
+    need("litellm")
+    extra = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    if way == "proxy":
+        env = tool_env(daemon, **proxy_env(daemon), **extra)
+        script = LITELLM_PROXY
+    else:
+        env = tool_env(daemon, **extra)
+        script = LITELLM_PER_CALL
+    run_across_rotations(api, [sys.executable, "-c", script], env, timeout=120)
+
+
+# -- llm -------------------------------------------------------------------------------------
+
+
+def llm_home(d: Daemon, api: FakeOpenAI, way: str) -> dict[str, str]:
+    """An LLM_USER_PATH set up as the README says, for ``way``."""
+    home = d.dir / "llm"
+    home.mkdir()
+    if way == "proxy":
+        env = proxy_env(d)
+        models = f"""\
+            - model_id: vertex
+              model_name: google/gemini-2.5-flash
+              api_base: "{env["OPENAI_BASE_URL"]}"
+              api_key_name: tokend
+            """
+        (home / "keys.json").write_text(json.dumps({"tokend": env["OPENAI_API_KEY"]}))
+    else:
+        # llm reads keys.json before every prompt: a symlink to token.json, whose
+        # access_token field is the key, keeps even `llm chat` on the current token.
+        models = f"""\
+            - model_id: vertex
+              model_name: google/gemini-2.5-flash
+              api_base: "{api.vertex_base_url}"
+              api_key_name: access_token
+            """
+        (home / "keys.json").symlink_to(d.runtime_dir / "token.json")
+    (home / "extra-openai-models.yaml").write_text(textwrap.dedent(models))
+    return tool_env(d, LLM_USER_PATH=str(home), HOME=str(d.dir))
+
+
+@pytest.mark.parametrize("way", ["keys.json symlink", "proxy"])
+def test_llm_chat(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
+    """`llm chat`, one long-running process, a prompt every second across rotations."""
+    need("llm")
+    exe = shutil.which("llm", path=str(Path(sys.executable).parent))
+    assert exe, "the llm command is missing"
+    env = llm_home(daemon, api, way)
+
+    def converse(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdin is not None
+        done = 0
+
+        def answered() -> bool:
+            return sum(1 for s in api.requests if s.status == 200) > done
+
+        while len(set(api.seen_tokens)) <= ROTATIONS:
+            assert proc.poll() is None, "llm chat exited"
+            proc.stdin.write("hi\n")
+            proc.stdin.flush()
+            wait_for(answered, 15)
+            done += 1
+            time.sleep(1.0)
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+
+    out = run_across_rotations(api, [exe, "chat", "-m", "vertex"], env, stdin=converse)
+    assert out.count("ok") > ROTATIONS, out
