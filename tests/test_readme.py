@@ -31,6 +31,11 @@ CURL = (
 DOCKER = (
     'docker run -v "$XDG_RUNTIME_DIR/tokend:/run/tokend:ro" -e TOKEND_RUNTIME_DIR=/run/tokend image'
 )
+CURL_PROXY = (
+    'curl -s "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" '
+    '-H \'Content-Type: application/json\' -d \'{"model": "google/gemini-2.5-flash", '
+    '"messages": [{"role": "user", "content": "hi"}]}\''
+)
 OPENAI = '[profiles.default.openai]\nproject = "my-project"\nlocation = "us-central1"\n'
 
 #: Run by another test (file::function) or by CI (a file that runs it).
@@ -66,6 +71,7 @@ HERE = {
     "tokend env --proxy",
     'set -a; . "$XDG_RUNTIME_DIR/tokend/proxy.env"; set +a',
     "tokend exec --proxy -- python my_tool.py",
+    CURL_PROXY,
 }
 
 
@@ -99,6 +105,8 @@ def test_every_readme_config_block_loads(tmp_path: Path) -> None:
     from tokend.config import load
 
     blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    # Other tools' files (Codex's config.toml) say so on their first line.
+    blocks = [b for b in blocks if "not tokend's" not in b.splitlines()[0]]
     assert len(blocks) >= 3
     for i, block in enumerate(blocks):
         tomllib.loads(block)
@@ -199,6 +207,10 @@ def test_the_readme_proxy_commands(fake: FakeGoogle, short_tmp: Path) -> None:
             (short_tmp / "my_tool.py").write_text(MY_TOOL)
             ran = sh("tokend exec --proxy -- python my_tool.py", env, cwd=short_tmp)
             assert ran.stdout == "ok\n", ran.stderr
+            if shutil.which("curl"):
+                source = 'set -a; . "$XDG_RUNTIME_DIR/tokend/proxy.env"; set +a\n'
+                answer = json.loads(sh(source + CURL_PROXY, env).stdout)
+                assert answer["choices"][0]["message"]["content"] == "ok"
         assert api.requests and all(fake.is_valid(s.token) for s in api.requests)
 
 
