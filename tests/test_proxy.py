@@ -330,10 +330,10 @@ def test_env_proxy_when_the_proxy_is_off(fake: FakeGoogle, short_tmp: Path) -> N
 def test_keys_rotate_add_revoke_take_effect_at_once(
     proxied: Callable[..., Any], api: FakeOpenAI
 ) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tokend", "proxy-key", *args, "--config", str(d.config_path)],
-            env=d.env,
+            env={**d.env, **env},
             capture_output=True,
             text=True,
             timeout=30,
@@ -371,6 +371,12 @@ def test_keys_rotate_add_revoke_take_effect_at_once(
 
         assert cli("revoke", "ci").returncode == 0
         wait_for(lambda: status(ci_key) == 401)
+        # The keys the running daemon reads, wherever this shell's state dir would be
+        # (a systemd unit sets TOKEND_STATE_DIR to its StateDirectory).
+        other = cli("add", "elsewhere", TOKEND_STATE_DIR=str(d.dir / "not-the-daemons"))
+        assert other.returncode == 0, other.stderr
+        wait_for(lambda: status(other.stdout.strip()) == 200)
+        assert not (d.dir / "not-the-daemons").exists()
         # A malformed keys file is refused and the running keys kept.
         keys_file = d.dir / "state" / "proxy-keys.json"
         keys_file.write_text("{not json")
@@ -786,29 +792,18 @@ print(r.status, r.read().decode())
     or not sys.platform.startswith("linux"),
     reason="needs root, useradd and setpriv (Linux) to act as another user",
 )
-def test_another_uid_with_the_right_key_is_refused(
+def test_another_uid_with_the_right_key_is_refused_unless_allowed(
     api: FakeOpenAI, proxied: Callable[..., Any]
 ) -> None:
     name = f"tkx{uuid.uuid4().hex[:8]}"
     subprocess.run(
         ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True
     )
+    as_user = ["setpriv", "--reuid", name, "--regid", name, "--clear-groups"]
     try:
         with proxied() as (d, env):
             proc = subprocess.run(
-                [
-                    "setpriv",
-                    "--reuid",
-                    name,
-                    "--regid",
-                    name,
-                    "--clear-groups",
-                    sys.executable,
-                    "-I",
-                    "-c",
-                    CALLER,
-                    str(port_of(env)),
-                ],
+                [*as_user, sys.executable, "-I", "-c", CALLER, str(port_of(env))],
                 env={"KEY": env["OPENAI_API_KEY"], "PATH": os.environ["PATH"]},
                 capture_output=True,
                 text=True,
@@ -823,6 +818,22 @@ def test_another_uid_with_the_right_key_is_refused(
             d.wait_log("proxy refused a connection from uid")
             # Our own uid, same key: served.
             assert client_status(env)[0] == 200
+        # proxy.allow_uids lets that user in (and only through the proxy: no socket
+        # or file of ours opens to it).
+        import pwd
+
+        uid = pwd.getpwnam(name).pw_uid
+        d.log_path.unlink()
+        with proxied(proxy=f"allow_uids = [{uid}]") as (d, env):
+            proc = subprocess.run(
+                [*as_user, sys.executable, "-I", "-c", CALLER, str(port_of(env))],
+                env={"KEY": env["OPENAI_API_KEY"], "PATH": os.environ["PATH"]},
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd="/",
+            )
+            assert proc.stdout.startswith("200 "), proc.stdout + proc.stderr
     finally:
         subprocess.run(["userdel", name], check=False)
 
@@ -887,3 +898,96 @@ def test_a_reload_changes_aliases_and_models_at_once(
         models = json.loads(raw(env, "GET", "/v1/models")[1])
         assert [m["id"] for m in models["data"]] == ["m1", "gpt-4o"]
         assert proxy_env(d) == env  # same address, same key
+
+
+# -- what the review found ------------------------------------------------------------------
+
+
+def test_a_netrc_for_the_upstream_changes_nothing(
+    api: FakeOpenAI, proxied: Callable[..., Any], short_tmp: Path
+) -> None:
+    """aiohttp's trust_env would read ~/.netrc and clash with the Authorization header."""
+    netrc = short_tmp / "netrc"
+    netrc.write_text("default login someone password hunter2\n")
+    netrc.chmod(0o600)
+    with proxied(env={"NETRC": str(netrc)}) as (_d, env):
+        assert client_status(env)[0] == 200
+        assert "hunter2" not in json.dumps(api.requests[-1].headers)
+
+
+def test_the_key_is_found_among_the_credentials_a_client_sends(
+    api: FakeOpenAI, proxied: Callable[..., Any]
+) -> None:
+    """google-genai sends its own Bearer token; the local key rides in x-api-key."""
+    with proxied() as (_d, env):
+        got, _ = raw(
+            env,
+            "POST",
+            "/v1/chat/completions",
+            body=CHAT,
+            key="ya29.someone-elses",
+            headers={"Content-Type": "application/json", "x-api-key": env["OPENAI_API_KEY"]},
+        )
+        assert got == 200
+        assert "someone-elses" not in json.dumps(api.requests[-1].headers)
+        # Bytes no key can hold are a plain 401, not a failure.
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port_of(env)), timeout=5) as sock:
+            sock.sendall(
+                b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n" % port_of(env)
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), head
+        assert error_of(body)["code"] == "invalid_api_key"
+
+
+def test_a_non_default_loopback_address_is_its_own_host(
+    fake: FakeGoogle, api: FakeOpenAI, short_tmp: Path
+) -> None:
+    cfg = proxy_config(fake, short_tmp, api.origin).replace("127.0.0.1:0", "127.0.0.2:0")
+    with run_daemon(fake, short_tmp, cfg) as d:
+        env = proxy_env(d)
+        assert env["OPENAI_BASE_URL"].startswith("http://127.0.0.2:")
+        reply = client(env).chat.completions.create(model="gemini-2.5-flash", messages=[])
+        assert reply.choices[0].message.content == "ok"
+
+
+def test_models_by_id_expect_continue_and_a_clean_log(
+    api: FakeOpenAI, proxied: Callable[..., Any]
+) -> None:
+    with proxied(proxy='aliases = { "gpt-4o" = "google/gemini-2.5-pro" }') as (d, env):
+        assert client(env).models.retrieve("gpt-4o").id == "gpt-4o"
+        got, body = raw(env, "GET", "/v1/models/nope")
+        assert got == 404 and error_of(body)["code"] == "model_not_found"
+        # Expect: 100-continue is answered before the body is sent (curl waits for it).
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(env), timeout=5)
+        conn.putrequest("POST", "/v1/chat/completions")
+        for name, value in {
+            "Authorization": f"Bearer {env['OPENAI_API_KEY']}",
+            "Content-Type": "application/json",
+            "Content-Length": str(len(CHAT)),
+            "Expect": "100-continue",
+        }.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        assert conn.sock is not None
+        assert conn.sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        conn.send(CHAT)
+        assert conn.getresponse().status == 200
+        conn.close()
+        # A model name cannot steer a terminal reading the log.
+        evil = json.dumps({"model": "x\x1b[31mred", "messages": []}).encode()
+        raw(
+            env,
+            "POST",
+            "/v1/chat/completions",
+            body=evil,
+            headers={"Content-Type": "application/json"},
+        )
+        d.wait_log("model=x?[31mred")
+        assert "\x1b" not in d.log()

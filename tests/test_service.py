@@ -56,7 +56,8 @@ def test_committed_unit_is_the_one_install_writes() -> None:
         "RuntimeDirectoryMode=0700",
         "ProtectHome=read-only",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-        "ReadWritePaths=%h/.local/state/tokend",
+        "StateDirectory=tokend",
+        "Environment=TOKEND_STATE_DIR=%S/tokend",
     ):
         assert line in text.splitlines(), line
 
@@ -680,3 +681,21 @@ def test_doctor_names_an_unsafe_ancestor_of_the_runtime_dir(short_tmp: Path) -> 
         f"could swap {runtime} for their own",
     )
     assert check.fix.startswith(f"chmod go-w {parent}, or use a directory of your own")
+
+
+def test_doctor_says_when_the_installed_unit_is_older_than_tokend(home: Home) -> None:
+    """A unit from before the proxy lacks its state dir: the proxy could not keep its
+    key. doctor says to install again."""
+    assert home.tokend("install", "--systemd").returncode == 0
+    unit = home.home / ".config" / "systemd" / "user" / "tokend.service"
+    old = "".join(
+        line for line in unit.read_text().splitlines(keepends=True) if "StateDirectory" not in line
+    )
+    unit.write_text(old)
+    r = home.tokend("doctor")
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[1:2] == ["service"])
+    assert line.startswith("WARN") and "written by an older tokend" in line, r.stdout
+    assert "tokend install (again)" in r.stdout
+    assert home.tokend("install", "--systemd").returncode == 0
+    line = next(ln for ln in home.tokend("doctor").stdout.splitlines() if " service " in ln)
+    assert "older tokend" not in line

@@ -242,11 +242,19 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 def cmd_proxy_key(args: argparse.Namespace) -> int:
     """``tokend proxy-key rotate|add|list|revoke``: edit the keys file; a running daemon
     picks the change up at once (it watches the file)."""
+    from pathlib import Path
+
+    from tokend import client, proxykeys
     from tokend import config as config_mod
-    from tokend import proxykeys
 
     try:
         state = config_mod.load(args.config).state_path
+        try:  # the keys a running daemon reads (its unit may set TOKEND_STATE_DIR)
+            running = client.daemon_status(timeout=2.0, config=args.config).get("state_dir")
+        except client.TokenUnavailable:
+            running = None
+        if isinstance(running, str) and running.startswith("/"):
+            state = Path(running)
         ring = proxykeys.load(state) or proxykeys.KeyRing()
     except (ConfigError, UnsafePathError) as err:
         print(f"tokend: proxy-key: {err}", file=sys.stderr)

@@ -311,8 +311,22 @@ class ProxyConfig(_Model):
     max_request_mib: Annotated[int, BeforeValidator(_mib)] = 32
     #: A stream whose upstream sends nothing for this long is closed.
     idle_timeout: Annotated[float, BeforeValidator(_long_seconds)] = 300.0
-    #: Connecting to the upstream may take this long (then 502).
+    #: Connecting to the upstream may take this long (then 504).
     connect_timeout: Annotated[float, BeforeValidator(_seconds)] = 10.0
+    #: Other uids whose connections the proxy accepts (Linux), besides ours and root's.
+    allow_uids: tuple[int, ...] = ()
+
+    @field_validator("allow_uids", mode="before")
+    @classmethod
+    def _uids_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("allow_uids")
+    @classmethod
+    def _uids_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(u < 0 for u in v):
+            raise ValueError("uids are whole numbers, 0 or more, e.g. [1001]")
+        return v
 
     @field_validator("models", mode="before")
     @classmethod

@@ -212,6 +212,7 @@ class Daemon:
         await proxy.start()
         self._proxy = proxy
         self.served.proxy_url = proxy.base_url
+        self.served.state_dir = str(state)
         if self._watcher is not None:
             self._watcher.set_targets(self._watch_targets())
 
@@ -405,7 +406,10 @@ class Daemon:
         if self._proxy is not None and config.proxy.enabled:
             from tokend.proxy import ProxySettings
 
+            moved = self._proxy.settings.env_path != config.runtime_path / "proxy.env"
             self._proxy.configure(ProxySettings.of(config))
+            if moved:  # a new runtime dir: proxy.env goes there too
+                self._background(self._proxy.write_env())
         elif self._proxy is not None or config.proxy.enabled:
             log.warning(
                 "proxy.listen was %s: that takes effect when tokend restarts",

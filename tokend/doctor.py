@@ -218,6 +218,14 @@ def _systemd_service() -> Check:
         return Check(
             "service", "WARN", f"not installed ({path} missing)", "tokend install --systemd"
         )
+    if _outdated(path):
+        return Check(
+            "service",
+            "WARN",
+            f"{path} was written by an older tokend (it lacks what this one needs, e.g. the "
+            "state dir for the proxy's keys)",
+            "tokend install (again), then systemctl --user restart tokend",
+        )
     if shutil.which("systemctl") is None:
         return Check("service", "WARN", f"{path} present but systemctl not found")
     try:
@@ -240,6 +248,20 @@ def _systemd_service() -> Check:
         f"{UNIT_NAME} is {state}",
         "systemctl --user start tokend; see `journalctl --user -u tokend`",
     )
+
+
+def _outdated(path: Path) -> bool:
+    """Whether the installed unit differs from what `tokend install` writes now, in any
+    line but ExecStart= (which names the installed tokend and its --config)."""
+    from tokend.service.systemd import render_unit
+
+    def lines(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if not ln.startswith("ExecStart=")]
+
+    try:
+        return lines(path.read_text()) != lines(render_unit())
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _launchd_service() -> Check:

@@ -88,7 +88,7 @@ class Served:
     reload adds and replaces entries in place) and the two settings answers name. The
     daemon updates the settings when a reload changes them."""
 
-    __slots__ = ("config_source", "proxy_url", "refreshers", "runtime_dir")
+    __slots__ = ("config_source", "proxy_url", "refreshers", "runtime_dir", "state_dir")
 
     def __init__(
         self, refreshers: Mapping[str, ProfileRefresher], config_source: str, runtime_dir: Path
@@ -96,8 +96,10 @@ class Served:
         self.refreshers = refreshers
         self.config_source = config_source
         self.runtime_dir = runtime_dir
-        #: The local proxy's base URL once it listens ("" when it is off).
+        #: The local proxy's base URL once it listens, and where its keys are ("" when
+        #: it is off): `tokend proxy-key` edits the keys this daemon reads.
         self.proxy_url = ""
+        self.state_dir = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +386,7 @@ class Endpoints:
                 "pid": os.getpid(),
                 "runtime_dir": str(self.served.runtime_dir),
                 "proxy": self.served.proxy_url or None,
+                "state_dir": self.served.state_dir or None,
                 "healthy": all(r.valid_token() for r in refreshers.values()),
                 "profiles": {
                     name: r.snapshot().as_dict() for name, r in sorted(refreshers.items())

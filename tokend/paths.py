@@ -148,16 +148,15 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where what must outlive a reboot is kept (the proxy's local keys):
-    ``$XDG_STATE_HOME`` (when absolute) else ``~/.local/state`` (macOS ``~/Library/
-    Application Support``), then ``tokend``: platformdirs' ``user_state_dir``."""
+    ``$XDG_STATE_HOME`` (when absolute) else ``~/.local/state``, then ``tokend``:
+    platformdirs' ``user_state_dir``. macOS: ``~/Library/Application Support/tokend/state``
+    (platformdirs says ``…/tokend``, which is also the config dir, and that one need not
+    be private)."""
     env = os.environ if env is None else env
     xdg = env.get("XDG_STATE_HOME", "")
     if sys.platform == "darwin":
-        base = os.path.expanduser("~/Library/Application Support")
-    elif xdg.startswith("/"):
-        base = xdg
-    else:
-        base = os.path.expanduser("~/.local/state")
+        return Path(os.path.expanduser("~/Library/Application Support"), APP, "state")
+    base = xdg if xdg.startswith("/") else os.path.expanduser("~/.local/state")
     return Path(base, APP)
 
 

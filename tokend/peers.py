@@ -47,7 +47,7 @@ import sys
 import time
 from typing import NamedTuple
 
-__all__ = ["NETLINK_TIMEOUT", "PROC_LIMIT", "tcp_peer_uid"]
+__all__ = ["NETLINK_TIMEOUT", "PROC_LIMIT", "quick_peer_uid", "tcp_peer_uid"]
 
 #: Largest /proc/net/tcp{,6} read, in bytes (~150 a socket): past it, no answer.
 PROC_LIMIT = 32 << 20
@@ -134,6 +134,35 @@ def tcp_peer_uid(sock: socket.socket) -> int | None:
         return _by_proc(conn)
     except OSError:
         return None
+
+
+#: Whether sock_diag answered before; once the sandbox refused netlink, it is not asked
+#: again (every later connection would pay for the refusal).
+_netlink_refused = False
+_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
+
+
+def quick_peer_uid(sock: socket.socket) -> tuple[bool, int | None]:
+    """``(True, uid or None)`` when the answer came quickly (sock_diag, or a socket that
+    needs no lookup); ``(False, None)`` when only the slow /proc scan can tell: an event
+    loop then calls :func:`tcp_peer_uid` in a thread. Never raises."""
+    global _netlink_refused
+    if not sys.platform.startswith("linux"):
+        return True, None
+    conn = _conn(sock)
+    if conn is None:
+        return True, None
+    if not _netlink_refused:
+        try:
+            return True, _by_sock_diag(conn)
+        except OSError as err:
+            _netlink_refused = err.errno in _REFUSED
+    return False, None
+
+
+def netlink_refused() -> bool:
+    """Whether this process found sock_diag refused (a sandbox without AF_NETLINK)."""
+    return _netlink_refused
 
 
 def _conn(sock: socket.socket) -> _Conn | None:

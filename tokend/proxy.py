@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 from yarl import URL
 
 from tokend import clock
@@ -55,7 +56,7 @@ from tokend.metrics import Metrics
 from tokend.proxykeys import DEFAULT, KeyRing
 from tokend.refresher import ProfileRefresher
 from tokend.sinks import atomic_write
-from tokend.threads import run_in_thread
+from tokend.threads import in_thread, run_in_thread
 from tokend.token import Token
 
 __all__ = ["Proxy", "ProxySettings", "render_env"]
@@ -68,6 +69,8 @@ MIN_VALID = 5.0
 #: After a 401 forced a refresh, another 401 forces the next one only after this long:
 #: an upstream that refuses every token must not turn into a storm against Google.
 FORCE_INTERVAL = 5.0
+#: Request bodies larger than this are parsed (for their model) in a thread.
+BIG_BODY = 256 << 10
 #: Idle keep-alive connections from tools are closed after this long.
 KEEPALIVE = 75.0
 #: Request headers never forwarded: hop-by-hop (RFC 9110 section 7.6.1), the client's
@@ -163,7 +166,7 @@ class ProxySettings:
             max_body=p.max_request_mib << 20,
             idle_timeout=p.idle_timeout,
             connect_timeout=p.connect_timeout,
-            allowed_uids=frozenset({os.getuid(), 0, *config.socket.allow_uids}),
+            allowed_uids=frozenset({os.getuid(), 0, *p.allow_uids}),
             env_path=config.runtime_path / PROXY_ENV,
         )
 
@@ -220,36 +223,59 @@ class _Guard(asyncio.Protocol):
     def __init__(self, proxy: Proxy, inner: RequestHandler) -> None:
         self.proxy = proxy
         self.inner: RequestHandler | None = inner
+        self.connected = False  # the inner protocol has the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        refusal = self.proxy.refusal(transport.get_extra_info("socket"))
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        done, uid = self.proxy.quick_uid(sock)
+        if done:
+            self._decide(transport, uid)
+            return
+        # Only the /proc scan can tell (a sandbox without netlink): milliseconds, so in a
+        # thread, with the connection's reading paused meanwhile.
+        transport.pause_reading()
+        from tokend.peers import tcp_peer_uid
+
+        lookup = in_thread(lambda: tcp_peer_uid(sock), "tokend-peer")
+
+        def looked_up(fut: asyncio.Future[int | None]) -> None:
+            if transport.is_closing():
+                return
+            transport.resume_reading()
+            self._decide(transport, None if fut.cancelled() or fut.exception() else fut.result())
+
+        lookup.add_done_callback(looked_up)
+
+    def _decide(self, transport: asyncio.Transport, uid: int | None) -> None:
+        refusal = self.proxy.refusal(uid)
         if refusal is not None:
             self.inner = None
-            assert isinstance(transport, asyncio.WriteTransport)
             transport.write(refusal)
             transport.close()
             return
         assert self.inner is not None
+        self.connected = True
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
+        if self.connected and self.inner is not None:
             self.inner.data_received(data)
 
     def eof_received(self) -> None:
-        if self.inner is not None:
+        if self.connected and self.inner is not None:
             self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.inner is not None:
+        if self.connected and self.inner is not None:
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self.inner is not None:
+        if self.connected and self.inner is not None:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.inner is not None:
+        if self.connected and self.inner is not None:
             self.inner.resume_writing()
 
 
@@ -290,6 +316,7 @@ class Proxy:
         self._forced_at: dict[str, float] = {}
         self._refused_logged: set[int | None] = set()
         self._check_peers = sys.platform.startswith("linux")
+        self._slow_logged = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -319,7 +346,8 @@ class Proxy:
                 "another program (or another tokend) may be using it: choose another port"
             ) from None
         self.port = int(sock.getsockname()[1])
-        names = ("127.0.0.1", "localhost", "[::1]")
+        bound = f"[{s.bind}]" if ":" in s.bind else s.bind
+        names = {"127.0.0.1", "localhost", "[::1]", bound}
         self._hosts = frozenset(f"{n}:{self.port}" for n in names)
         self._web = web.Server(
             self.handle,
@@ -347,7 +375,10 @@ class Proxy:
         return ClientSession(
             connector=TCPConnector(limit=0, ttl_dns_cache=300),
             auto_decompress=False,  # bodies pass through as the upstream encoded them
-            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as google-auth itself honours them
+            # Not trust_env: it would also read ~/.netrc, whose credentials clash with the
+            # Authorization header (every request a 500). HTTPS_PROXY is honoured below.
+            trust_env=False,
+            cookie_jar=DummyCookieJar(),  # tools must not share an upstream's cookies
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
 
@@ -400,24 +431,35 @@ class Proxy:
 
     # -- access control -----------------------------------------------------------------
 
-    def refusal(self, sock: Any) -> bytes | None:
-        """None when the connection's peer may use the proxy (Linux: the uid owning the
-        other end is ours, root's or in ``socket.allow_uids``; elsewhere the key and the
-        loopback bind are the guard), else the whole 403 response it gets."""
+    def quick_uid(self, sock: Any) -> tuple[bool, int | None]:
+        """The peer's uid if it can be had at once (see :func:`tokend.peers.quick_peer_uid`);
+        ``(True, None)`` where no check is made."""
+        if not self._check_peers:
+            return True, None
+        from tokend import peers
+
+        done, uid = peers.quick_peer_uid(sock)
+        if not done and not self._slow_logged:
+            self._slow_logged = True
+            log.warning(
+                "proxy: the kernel's sock_diag is not available here (a sandbox without "
+                "AF_NETLINK?); each new connection's uid is looked up in /proc/net/tcp "
+                "instead, which costs milliseconds"
+            )
+        return done, uid
+
+    def refusal(self, uid: int | None) -> bytes | None:
+        """None when a connection from ``uid`` may use the proxy (Linux: ours, root's or
+        in ``proxy.allow_uids``; elsewhere the key and the loopback bind are the guard),
+        else the whole 403 response it gets."""
         if not self._check_peers:
             return None
-        from tokend.peers import tcp_peer_uid
-
-        try:
-            uid = tcp_peer_uid(sock) if sock is not None else None
-        except OSError:
-            uid = None
         if uid is not None and uid in self.settings.allowed_uids:
             return None
         if uid not in self._refused_logged:  # once per uid: a retrying client must not flood
             self._refused_logged.add(uid)
             log.warning(
-                "proxy refused a connection from uid %s (allowed: %s; socket.allow_uids "
+                "proxy refused a connection from uid %s (allowed: %s; proxy.allow_uids "
                 "lets others in)",
                 "unknown" if uid is None else uid,
                 ", ".join(str(u) for u in sorted(self.settings.allowed_uids)),
@@ -428,7 +470,7 @@ class Proxy:
             403,
             "forbidden_uid",
             f"{who} may not use this proxy; its owner (uid {os.getuid()}) can add it to "
-            "socket.allow_uids",
+            "proxy.allow_uids",
         )
         return (
             b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
@@ -443,7 +485,7 @@ class Proxy:
                 "this proxy forwards only to Vertex AI; send requests to its /v1 base URL",
             )
         host = request.headers.get("Host", "")
-        if host not in self._hosts:
+        if host.lower() not in self._hosts:
             raise _Refused(
                 403,
                 "forbidden_host",
@@ -454,7 +496,7 @@ class Proxy:
             raise _Refused(
                 403, "forbidden_origin", "requests from web pages on other sites are refused"
             )
-        name = self.keys.match(_presented_key(request.headers))
+        name = self.keys.match_any(_presented_keys(request.headers))
         if name is None:
             raise _Refused(
                 401,
@@ -480,6 +522,10 @@ class Proxy:
         except asyncio.CancelledError:
             status = 499  # the client went away (nginx's code for it)
             raise
+        except Exception:
+            log.exception("proxy: %s %s failed", call.method, call.path)
+            status = 500
+            return _error(500, "internal_error", "tokend's proxy failed; see its log")
         finally:
             log.info(
                 "proxy %s %s %d %.3fs model=%s key=%s",
@@ -501,8 +547,14 @@ class Proxy:
         raw = request.raw_path
         path, _, query = raw.partition("?")
         if path.startswith("/v1/"):
-            if path.rstrip("/") == "/v1/models" and request.method == "GET" and s.models:
-                return self._models()
+            if (
+                request.method == "GET"
+                and (s.models or s.aliases)
+                and path.startswith("/v1/models")
+            ):
+                answer = self._models(path[len("/v1/models") :].strip("/"))
+                if answer is not None:
+                    return answer
             target = s.base_url + "/" + _safe_rest(path[len("/v1/") :])
             rewrite = True
         elif path.startswith("/vertex/"):
@@ -515,15 +567,26 @@ class Proxy:
         if query:
             target += "?" + query
         body = await self._read_body(request)
-        if rewrite and body:
-            body = self._rewrite_model(body, request.content_type, call)
+        if rewrite and body and request.content_type == "application/json":
+            if len(body) > BIG_BODY:  # a multimodal request: parsing takes milliseconds
+                body = await run_in_thread(lambda: self._rewrite_model(body, call))
+            else:
+                body = self._rewrite_model(body, call)
         return await self._forward(request, URL(target, encoded=True), body)
 
-    def _models(self) -> web.Response:
+    def _models(self, wanted: str) -> web.Response | None:
+        """``GET /v1/models`` (the list) and ``/v1/models/{id}`` from ``[proxy] models``
+        and the aliases; None for any other path under it."""
         s = self.settings
         ids = list(dict.fromkeys([*s.models, *s.aliases]))
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "google"} for m in ids]
-        return web.json_response({"object": "list", "data": data})
+        if not wanted:
+            return web.json_response({"object": "list", "data": data})
+        model = unquote(wanted)
+        for entry in data:
+            if entry["id"] == model:
+                return web.json_response(entry)
+        raise _Refused(404, "model_not_found", f"no model {model[:100]!r} in proxy.models")
 
     def _vertex_target(self, rest: str, call: _Call) -> str:
         """``/vertex/<rest>``: only Vertex's API for the configured project, sent to the
@@ -547,7 +610,8 @@ class Proxy:
         if len(parts) > 4 and parts[3] == "locations" and _plain_name(parts[4]):
             location = parts[4]
         if "models" in parts[:-1]:  # .../models/{model}:streamRawPredict
-            call.model = unquote(parts[parts.index("models") + 1]).partition(":")[0][:100]
+            model = unquote(parts[parts.index("models") + 1]).partition(":")[0]
+            call.model = _printable(model[:100])
         from tokend.wire import vertex_origin
 
         return vertex_origin(location, s.api_endpoint) + "/" + rest
@@ -561,6 +625,10 @@ class Proxy:
         )
         if request.content_length is not None and request.content_length > limit:
             raise too_big
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Checked and within the limit: let the client send its body (curl waits
+            # a second for this before bodies over 1 MiB).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
@@ -570,10 +638,8 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _rewrite_model(self, body: bytes, content_type: str, call: _Call) -> bytes:
+    def _rewrite_model(self, body: bytes, call: _Call) -> bytes:
         """Apply ``[proxy.aliases]`` and the ``google/`` prefix to a JSON body's model."""
-        if content_type != "application/json":
-            return body
         try:
             doc = json.loads(body)
         except ValueError:
@@ -584,7 +650,7 @@ class Proxy:
         model = self.settings.aliases.get(original) or original
         if model.startswith("gemini-"):
             model = "google/" + model
-        call.model = model[:100]
+        call.model = _printable(model[:100])
         if model == original:
             return body
         doc["model"] = model
@@ -617,8 +683,17 @@ class Proxy:
         current = r.valid_token(MIN_VALID)
         return current if current is not None and current is not used else None
 
-    def _upstream_headers(self, request: web.BaseRequest, tok: Token) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+    def _upstream_headers(self, request: web.BaseRequest, tok: Token) -> CIMultiDict[str]:
+        named = {
+            t.strip().lower()
+            for v in request.headers.getall("Connection", ())
+            for t in v.split(",")
+        }
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() not in _DROP_REQUEST and k.lower() not in named
+        )
         headers["Authorization"] = f"Bearer {tok.value}"
         if self.settings.quota_project:
             headers["x-goog-user-project"] = self.settings.quota_project
@@ -637,13 +712,22 @@ class Proxy:
                     data=body or None,
                     headers=self._upstream_headers(request, tok),
                     allow_redirects=False,
+                    proxy=_env_proxy(target),
                     timeout=ClientTimeout(
                         total=None,
                         connect=self.settings.connect_timeout,
                         sock_read=self.settings.idle_timeout,
                     ),
                 )
-            except (TimeoutError, ClientError, OSError) as err:
+            except TimeoutError:
+                raise _Refused(
+                    504,
+                    "upstream_timeout",
+                    f"{target.origin()} did not answer within proxy.idle_timeout "
+                    f"({self.settings.idle_timeout:g} s), or could not be reached within "
+                    f"proxy.connect_timeout ({self.settings.connect_timeout:g} s)",
+                ) from None
+            except (ClientError, OSError) as err:
                 raise _Refused(
                     502,
                     "upstream_unreachable",
@@ -677,16 +761,19 @@ class Proxy:
         if upstream.content_length is not None and request.method != "HEAD":
             response.content_length = upstream.content_length
         await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except (TimeoutError, ClientError) as err:
-            # Headers are sent: the only way left to say "incomplete" is to cut it short.
-            log.warning("proxy: upstream stream ended early: %s", _why(err))
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            return response
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except (TimeoutError, ClientError) as err:
+                # Headers are sent: the only way left to say "incomplete" is to cut it.
+                log.warning("proxy: upstream stream ended early: %s", _why(err))
+                transport = request.transport
+                if transport is not None:
+                    transport.abort()
+                return response
+            if not chunk:
+                break
+            await response.write(chunk)  # a client gone raises here: aiohttp's to handle
         await response.write_eof()
         return response
 
@@ -697,6 +784,17 @@ def _replace_address(settings: ProxySettings, old: ProxySettings) -> ProxySettin
     return replace(settings, bind=old.bind, port=old.port)
 
 
+def _env_proxy(target: URL) -> str | None:
+    """The ``HTTPS_PROXY``/``HTTP_PROXY`` to reach ``target`` by, per ``NO_PROXY``, as
+    google-auth's requests honours them; never one for a loopback upstream."""
+    import urllib.request
+
+    host = target.host or ""
+    if host in ("127.0.0.1", "localhost", "::1") or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(target.scheme)
+
+
 def _printable(raw_path: str) -> str:
     """The path for a log line: no query (it may hold anything), no control characters
     (a terminal reading the journal must not be steered by a client), bounded."""
@@ -704,15 +802,17 @@ def _printable(raw_path: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in path)
 
 
-def _presented_key(headers: Any) -> str:
-    auth = headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return str(auth[7:].strip())
+def _presented_keys(headers: Any) -> list[str]:
+    """Every credential the request carries: a client of Vertex's own API (genai) sends
+    its own Bearer token besides the local key in ``x-api-key``."""
+    found = [
+        str(v[7:].strip())
+        for v in headers.getall("Authorization", ())
+        if v[:7].lower() == "bearer "
+    ]
     for name in _KEY_HEADERS:
-        value = headers.get(name)
-        if value:
-            return str(value.strip())
-    return ""
+        found.extend(str(v.strip()) for v in headers.getall(name, ()))
+    return found
 
 
 def _local_origin(origin: str) -> bool:

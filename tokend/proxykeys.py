@@ -84,12 +84,18 @@ class KeyRing:
     def match(self, presented: str) -> str | None:
         """The name of the key ``presented`` is, else None. Every key is compared, each
         in constant time, so the time taken says nothing about how close a guess was."""
-        given = presented.encode()
+        given = presented.encode("utf-8", "surrogateescape")
         found = None
         for key in self.keys:
             if hmac.compare_digest(given, key.value.encode()):
                 found = key.name
         return found
+
+    def match_any(self, presented: list[str]) -> str | None:
+        """The name of the first of ``presented`` that is a key (each compared as in
+        :meth:`match`), else None."""
+        names = [self.match(p) for p in presented]
+        return next((n for n in names if n is not None), None)
 
     def with_key(self, name: str, value: str | None = None) -> KeyRing:
         """This ring with ``name`` set to a new key (replacing one of that name)."""

@@ -63,11 +63,12 @@ RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
 UMask=0077
 LimitCORE=0
-# The local proxy's keys (state_dir, default ~/.local/state/tokend) outlive restarts
-# and reboots, so the home's one writable place is that directory. Made first, outside
-# the sandbox ("+"): a ReadWritePaths= that does not exist fails the start.
-ExecStartPre=+/usr/bin/env mkdir -p -m 0700 %h/.local/state/tokend
-ReadWritePaths=%h/.local/state/tokend
+# The local proxy's keys outlive restarts and reboots: systemd's state dir for the unit
+# (%S/tokend: ~/.local/state/tokend, or ~/.config/tokend before systemd 253), made
+# 0700 and writable in the sandbox; `tokend proxy-key` asks the daemon where it is.
+StateDirectory=tokend
+StateDirectoryMode=0700
+Environment=TOKEND_STATE_DIR=%S/tokend
 
 # Sandbox. Read-only: the OS and $HOME (~/.config/gcloud ADC, ~/.config/tokend);
 # writable: only the runtime dir and the state dir. A runtime_dir or absolute sink path elsewhere
