@@ -6,8 +6,9 @@
 #
 # Reads ${TOKEND_RUNTIME_DIR}/openai.env (KEY=VALUE lines, no quotes), which tokend
 # rewrites atomically on every refresh. Returns 1 with a message on stderr when the file
-# is missing or its token expires within TOKEND_MIN_VALID seconds (default 60); the
-# environment is left untouched then. Tokens are only ever assigned, never printed.
+# is missing or its token expires within TOKEND_MIN_VALID seconds (default 60, or a
+# quarter of the token's lifetime, TOKEND_LIFETIME in the file, when that is shorter);
+# the environment is left untouched then. Tokens are only ever assigned, never printed.
 #
 # The token is frozen into the environment: long-running programs should read the file
 # (or use tokend.client) per request instead.
@@ -46,17 +47,25 @@ _tokend_env() {
         return 1
     fi
 
-    _tokend_key= _tokend_url= _tokend_exp=
+    _tokend_key= _tokend_url= _tokend_exp= _tokend_life=
     # `|| [ -n ... ]` keeps a last line that lacks its newline.
     while IFS= read -r _tokend_line || [ -n "$_tokend_line" ]; do
         case $_tokend_line in
             OPENAI_API_KEY=*) _tokend_key=${_tokend_line#*=} ;;
             OPENAI_BASE_URL=*) _tokend_url=${_tokend_line#*=} ;;
             TOKEND_EXPIRES_AT=*) _tokend_exp=${_tokend_line#*=} ;;
+            TOKEND_LIFETIME=*) _tokend_life=${_tokend_line#*=} ;;
         esac
     done < "$_tokend_file"
 
     _tokend_now=$(date +%s)
+    _tokend_min=${TOKEND_MIN_VALID:-60}
+    if [ -z "${TOKEND_MIN_VALID:-}" ]; then
+        case $_tokend_life in
+            '' | *[!0-9]*) ;;
+            *) [ $((_tokend_life / 4)) -lt 60 ] && _tokend_min=$((_tokend_life / 4)) ;;
+        esac
+    fi
     _tokend_rc=0
     case $_tokend_exp in
         '' | *[!0-9]*)
@@ -67,7 +76,7 @@ _tokend_env() {
             if [ -z "$_tokend_key" ]; then
                 echo "tokend-env.sh: $_tokend_file holds no OPENAI_API_KEY" >&2
                 _tokend_rc=1
-            elif [ "$_tokend_exp" -le $((_tokend_now + ${TOKEND_MIN_VALID:-60})) ]; then
+            elif [ "$_tokend_exp" -le $((_tokend_now + _tokend_min)) ]; then
                 echo "tokend-env.sh: the token in $_tokend_file expires in" \
                     "$((_tokend_exp - _tokend_now))s; is tokend running? (tokend status;" \
                     "if it cannot refresh: gcloud auth application-default login)" >&2
@@ -85,7 +94,7 @@ _tokend_env() {
         fi
     fi
     unset _tokend_uid _tokend_dir _tokend_base _tokend_file _tokend_line _tokend_key \
-        _tokend_url _tokend_exp _tokend_now
+        _tokend_url _tokend_exp _tokend_now _tokend_life _tokend_min
     return "$_tokend_rc"
 }
 

@@ -298,3 +298,12 @@ def test_shell_shim(d: Any, shell: str, short_tmp: Path) -> None:
         assert out.stdout == "1|before|unset"
         assert out.stderr.startswith("tokend-env.sh: ")
         assert "ya29.stale-secret" not in out.stderr
+
+    # A short-lived token (here 40 s) with 30 s left is fine: a quarter of its lifetime.
+    (stale / "openai.env").write_text(
+        f"OPENAI_API_KEY=ya29.short-lived\nTOKEND_EXPIRES_AT={int(time.time()) + 30}\n"
+        "TOKEND_LIFETIME=40\n"
+    )
+    env = {**client_env(d), "TOKEND_RUNTIME_DIR": str(stale)}
+    out = subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout == "0|ya29.short-lived|unset", out.stderr

@@ -190,6 +190,17 @@ def test_a_token_file_that_cannot_be_used_says_why(rt: Path, kind: str, said: st
     assert "no token file" not in str(exc.value)
 
 
+def test_a_short_lived_token_is_judged_by_its_lifetime(rt: Path) -> None:
+    """20 s tokens (tests, demos): 20 s left is plenty by default (a quarter: 5 s), so a
+    client with no daemon to ask still gets it, and one with a daemon does not make it
+    refresh at every call."""
+    write_token(rt / "token.json", expires_in=20)
+    assert json.loads((rt / "token.json").read_text())["lifetime"] in (19, 20)  # whole s
+    assert client.token() == SECRET
+    with pytest.raises(client.TokenUnavailable, match=r"wanted at least 60s"):
+        client.token(min_valid=60)  # asked for explicitly: still refused
+
+
 def test_file_too_close_to_expiry_and_no_daemon(rt: Path) -> None:
     write_token(rt / "token.json", expires_in=30)
     with pytest.raises(client.TokenUnavailable) as exc:

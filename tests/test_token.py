@@ -76,6 +76,7 @@ def test_json_matches_the_socket_api_object() -> None:
         "token_type": "Bearer",
         "expires_at": format_time(T0 + 3599),
         "expires_in": 3588,
+        "lifetime": 3598,
         "profile": "default",
         "account": "me@example.com",
         "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
@@ -86,13 +87,14 @@ def test_json_matches_the_socket_api_object() -> None:
     assert back.value == SECRET and back.credentials_id == "0123456789abcdef"
     assert back.expires_at == T0 + 3599
     assert back.deadline == pytest.approx(tok.deadline)
+    assert back.lifetime == pytest.approx(3598, abs=1)  # issued follows from it
 
 
 def test_env_is_valid_for_sh_systemd_and_docker() -> None:
     text = make().render("env", S0, base_url="https://h/v1/p").decode()
     assert text == (
         f"OPENAI_API_KEY={SECRET}\nOPENAI_BASE_URL=https://h/v1/p\n"
-        f"TOKEND_EXPIRES_AT={int(T0 + 3599)}\n"
+        f"TOKEND_EXPIRES_AT={int(T0 + 3599)}\nTOKEND_LIFETIME=3598\n"
     )
     assert "OPENAI_BASE_URL" not in make().render("env", S0).decode()
     out = subprocess.run(
@@ -103,6 +105,14 @@ def test_env_is_valid_for_sh_systemd_and_docker() -> None:
         check=True,
     )
     assert out.stdout == SECRET
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "wanted"), [(3600, 60), (240, 60), (20, 5), (8, 2), (0, 60), (-5, 60)]
+)
+def test_the_default_min_valid_follows_short_lifetimes(lifetime: float, wanted: float) -> None:
+    """A token living 8 s can never have 60 s left: clients ask for a quarter of it."""
+    assert wire.default_min_valid(wire.stated_lifetime({"lifetime": lifetime})) == wanted
 
 
 HOSTILE = [

@@ -74,7 +74,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _token_env(profile: str, min_valid: float) -> dict[str, str]:
+def _token_env(profile: str, min_valid: float | None) -> dict[str, str]:
     """OPENAI_API_KEY, OPENAI_BASE_URL (when the profile names one), TOKEND_EXPIRES_AT."""
     from tokend import client
 
@@ -347,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--min-valid",
                 type=float,
-                default=60.0,
+                default=None,
                 metavar="N",
                 help="seconds the token must stay valid; the daemon refreshes first "
-                "when less remain (default: 60)",
+                "when less remain (default: 60, or a quarter of the token's lifetime when "
+                "shorter; key helpers want more than their cache time, e.g. 600)",
             )
 
     p = sub.add_parser("token", help="print the current token")

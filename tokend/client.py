@@ -68,8 +68,24 @@ class TokenInfo:
     path of ``tokend token`` (``python -X importtime`` shows what it would cost).
     """
 
-    __slots__ = ("account", "credentials_id", "expires_at", "profile", "scopes", "value")
-    __match_args__ = ("value", "expires_at", "account", "scopes", "profile", "credentials_id")
+    __slots__ = (
+        "account",
+        "credentials_id",
+        "expires_at",
+        "lifetime",
+        "profile",
+        "scopes",
+        "value",
+    )
+    __match_args__ = (
+        "value",
+        "expires_at",
+        "account",
+        "scopes",
+        "profile",
+        "credentials_id",
+        "lifetime",
+    )
 
     value: str
     expires_at: float  #: epoch seconds
@@ -77,6 +93,7 @@ class TokenInfo:
     scopes: tuple[str, ...]
     profile: str
     credentials_id: str  #: which credentials minted it (see token.json)
+    lifetime: float  #: seconds it was issued for (0: unknown)
 
     def __init__(
         self,
@@ -86,6 +103,7 @@ class TokenInfo:
         scopes: tuple[str, ...],
         profile: str,
         credentials_id: str = "",
+        lifetime: float = 0.0,
     ) -> None:
         setter = object.__setattr__
         setter(self, "value", value)
@@ -94,6 +112,7 @@ class TokenInfo:
         setter(self, "scopes", scopes)
         setter(self, "profile", profile)
         setter(self, "credentials_id", credentials_id)
+        setter(self, "lifetime", lifetime)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"cannot assign to field {name!r}")
@@ -101,7 +120,7 @@ class TokenInfo:
     def __delattr__(self, name: str) -> NoReturn:
         raise AttributeError(f"cannot delete field {name!r}")
 
-    def _fields(self) -> tuple[str, float, str, tuple[str, ...], str, str]:
+    def _fields(self) -> tuple[str, float, str, tuple[str, ...], str, str, float]:
         return (
             self.value,
             self.expires_at,
@@ -109,6 +128,7 @@ class TokenInfo:
             self.scopes,
             self.profile,
             self.credentials_id,
+            self.lifetime,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -142,12 +162,14 @@ class TokenInfo:
             account=self.account,
             scopes=self.scopes,
             credentials_id=self.credentials_id,
+            lifetime=self.lifetime,
         )
 
 
 def _info_from(data: Any) -> TokenInfo:
     value, expires_at, profile, account, scopes, credentials_id = wire.read_token_object(data)
-    return TokenInfo(value, expires_at, account, scopes, profile, credentials_id)
+    lifetime = wire.stated_lifetime(data)
+    return TokenInfo(value, expires_at, account, scopes, profile, credentials_id, lifetime)
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -335,22 +357,26 @@ def _read_file(path: Path) -> TokenInfo | str:
 
 
 def _from_file(
-    profile: str, min_valid: float, config: str | os.PathLike[str] | None = None
-) -> tuple[TokenInfo | None, str]:
-    """(token, why not) from the profile's file."""
+    profile: str, min_valid: float | None, config: str | os.PathLike[str] | None = None
+) -> tuple[TokenInfo | None, str, float]:
+    """(token, why not, the min_valid applied) from the profile's file (``min_valid``
+    None: the default for the token's lifetime, :func:`tokend.wire.default_min_valid`)."""
+    wanted = wire.DEFAULT_MIN_VALID if min_valid is None else min_valid
     path = token_file_path(profile, config=config)
     if path is None:
-        return None, f"profile {profile!r} has no json token file"
+        return None, f"profile {profile!r} has no json token file", wanted
     info = _read_file(path)
     if isinstance(info, str):
-        return None, info
+        return None, info, wanted
     if info.profile != profile:
-        return None, f"{path} holds profile {info.profile!r}, not {profile!r}"
+        return None, f"{path} holds profile {info.profile!r}, not {profile!r}", wanted
     left = info.expires_in
-    if left <= min_valid:
+    if min_valid is None:
+        wanted = wire.default_min_valid(info.lifetime)
+    if left <= wanted:
         state = "expired" if left <= 0 else f"expires in {int(left)}s"
-        return None, f"the token in {path} {state} (wanted at least {min_valid:g}s)"
-    return info, ""
+        return None, f"the token in {path} {state} (wanted at least {wanted:g}s)", wanted
+    return info, "", wanted
 
 
 # -- the socket -------------------------------------------------------------------------
@@ -483,7 +509,7 @@ def _from_socket(
 
 def token_info(
     profile: str = "default",
-    min_valid: float = 60,
+    min_valid: float | None = None,
     *,
     timeout: float = SOCKET_TIMEOUT,
     config: str | os.PathLike[str] | None = None,
@@ -492,7 +518,8 @@ def token_info(
 
     Args:
         profile: the tokend profile.
-        min_valid: seconds the token must stay valid; a token file closer to expiry
+        min_valid: seconds the token must stay valid (default: 60, or a quarter of the
+            token's lifetime when that is shorter); a token file closer to expiry
             makes the daemon refresh first (over the socket).
         timeout: seconds to wait for the daemon when the file does not do.
         config: the tokend config file (default: ``TOKEND_CONFIG``, else the platform's).
@@ -503,25 +530,26 @@ def token_info(
     Raises:
         TokenUnavailable: no valid token could be had; the message says what to do.
     """
-    info, why = _from_file(profile, min_valid, config)
+    info, why, wanted = _from_file(profile, min_valid, config)
     if info is not None:
         return info
     try:
-        return _from_socket(profile, min_valid, timeout, config)
+        return _from_socket(profile, wanted, timeout, config)
     except _SocketError as err:
         # When the daemon answered, its detail already carries the fix.
         hint = "" if err.answered else f"; {_LOGIN_HINT}"
         raise TokenUnavailable(f"no token for profile {profile!r}: {why}; {err}{hint}") from None
 
 
-def token(profile: str = "default", min_valid: float = 60) -> str:
+def token(profile: str = "default", min_valid: float | None = None) -> str:
     """The current access token of ``profile``: a callable for
     ``openai.OpenAI(api_key=tokend.client.token)`` and
     ``openai.providers.vertex(token_provider=tokend.client.token)``.
 
     Args:
         profile: the tokend profile.
-        min_valid: seconds the token must stay valid.
+        min_valid: seconds the token must stay valid (default: 60, or a quarter of
+            the token's lifetime when that is shorter).
 
     Returns:
         The bearer token.
@@ -532,13 +560,14 @@ def token(profile: str = "default", min_valid: float = 60) -> str:
     return token_info(profile, min_valid).value
 
 
-async def token_info_async(profile: str = "default", min_valid: float = 60) -> TokenInfo:
+async def token_info_async(profile: str = "default", min_valid: float | None = None) -> TokenInfo:
     """:func:`token_info` for asyncio code: the file is read inline (microseconds), the
     socket, which may wait for a refresh, in a worker thread.
 
     Args:
         profile: the tokend profile.
-        min_valid: seconds the token must stay valid.
+        min_valid: seconds the token must stay valid (default: 60, or a quarter of
+            the token's lifetime when that is shorter).
 
     Returns:
         A :class:`TokenInfo`.
@@ -546,7 +575,7 @@ async def token_info_async(profile: str = "default", min_valid: float = 60) -> T
     Raises:
         TokenUnavailable: no valid token could be had; the message says what to do.
     """
-    info, _why = _from_file(profile, min_valid)
+    info, _why, _wanted = _from_file(profile, min_valid)
     if info is not None:
         return info
     import asyncio  # loaded already in any program that awaits this
@@ -554,12 +583,13 @@ async def token_info_async(profile: str = "default", min_valid: float = 60) -> T
     return await asyncio.to_thread(token_info, profile, min_valid)
 
 
-async def token_async(profile: str = "default", min_valid: float = 60) -> str:
+async def token_async(profile: str = "default", min_valid: float | None = None) -> str:
     """:func:`token` for ``openai.AsyncOpenAI(api_key=tokend.client.token_async)``.
 
     Args:
         profile: the tokend profile.
-        min_valid: seconds the token must stay valid.
+        min_valid: seconds the token must stay valid (default: 60, or a quarter of
+            the token's lifetime when that is shorter).
 
     Returns:
         The bearer token.

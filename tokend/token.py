@@ -109,6 +109,7 @@ class Token:
             account=self.account,
             scopes=self.scopes,
             credentials_id=self.credentials_id,
+            lifetime=self.lifetime,
         )
 
     def render(self, fmt: str, steady: float, base_url: str = "") -> bytes:
@@ -127,6 +128,8 @@ class Token:
             if base_url:
                 lines.append(f"OPENAI_BASE_URL={base_url}")
             lines.append(f"TOKEND_EXPIRES_AT={int(self.expires_at)}")
+            if self.lifetime >= 1:  # tokend-env.sh judges "about to expire" by it
+                lines.append(f"TOKEND_LIFETIME={int(self.lifetime)}")
             return ("\n".join(lines) + "\n").encode()
         raise ValueError(f"unknown format {fmt!r}: must be raw, json or env")
 
@@ -134,7 +137,8 @@ class Token:
 def token_from_dict(data: Any, *, wall: float, steady: float) -> Token:
     """Parse a ``/v1/token`` object (a ``json`` sink) back into a :class:`Token`, trusting
     nothing: the token must be token68 and its remaining life plausible (at most the
-    12 h Google issues). ``issued`` is unknown and set to ``steady``.
+    12 h Google issues). ``issued`` follows from the stated ``lifetime``, else is
+    ``steady``.
 
     Raises:
         ValueError: a malformed object, a bad token or an implausible expiry (the message
@@ -143,11 +147,14 @@ def token_from_dict(data: Any, *, wall: float, steady: float) -> Token:
     value, expires_at, profile, account, scopes, credentials_id = wire.read_token_object(data)
     wire.check_lifetime(expires_at - wall)
     stated = float(math.floor(expires_at))
+    deadline = steady + (stated - wall)
+    lifetime = wire.stated_lifetime(data)
     return Token(
         value=value,
         expires_at=stated,
-        deadline=steady + (stated - wall),
-        issued=steady,
+        deadline=deadline,
+        # When it was issued, if the object says how long it lives; else "now".
+        issued=deadline - lifetime if lifetime >= deadline - steady else steady,
         profile=profile,
         account=account,
         scopes=scopes,

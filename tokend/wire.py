@@ -20,12 +20,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "DEFAULT_MIN_VALID",
     "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "MIN_LIFETIME",
     "check_lifetime",
     "check_token",
+    "default_min_valid",
     "read_token_object",
+    "stated_lifetime",
     "token_object",
     "vertex_base_url",
     "vertex_origin",
@@ -82,14 +85,17 @@ def token_object(
     account: str,
     scopes: tuple[str, ...],
     credentials_id: str = "",
+    lifetime: float = 0.0,
 ) -> dict[str, Any]:
     """The ``/v1/token`` answer, which is also the ``json`` file and what ``tokend token
-    --format json`` prints. ``expires_at`` is written in whole seconds, rounded down."""
+    --format json`` prints. ``expires_at`` is written in whole seconds, rounded down;
+    ``lifetime`` is how long the token was issued for (0: unknown)."""
     return {
         "access_token": value,
         "token_type": "Bearer",
         "expires_at": format_time(expires_at),
         "expires_in": max(0, int(expires_in)),
+        "lifetime": max(0, int(lifetime)),
         "profile": profile,
         "account": account,
         "scopes": list(scopes),
@@ -122,6 +128,27 @@ def read_token_object(data: object) -> tuple[str, float, str, str, tuple[str, ..
         tuple(str(s) for s in scopes),
         str(data.get("credentials_id") or ""),
     )
+
+
+def stated_lifetime(data: object) -> float:
+    """The ``lifetime`` a token object states, if it is plausible, else 0 (unknown)."""
+    value = data.get("lifetime") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if MIN_LIFETIME <= value <= MAX_LIFETIME else 0.0
+
+
+#: The ``min_valid`` clients ask for unless told: a token must last this long...
+DEFAULT_MIN_VALID = 60.0
+
+
+def default_min_valid(lifetime: float) -> float:
+    """...or a quarter of its lifetime, when that is shorter: a token that lives 20 s
+    (tests, demos, a short-lived service account token) would otherwise never be good
+    enough, and every call would force a refresh."""
+    if lifetime > 0:
+        return min(DEFAULT_MIN_VALID, lifetime / 4)
+    return DEFAULT_MIN_VALID
 
 
 # -- Vertex AI ------------------------------------------------------------------------
