@@ -200,6 +200,7 @@ TOKEN = r"ya29\.fake-[A-Za-z0-9_-]{44}"
 RAW = re.compile(TOKEN)
 ENV = re.compile(
     r"OPENAI_API_KEY=(" + TOKEN + r")\n(?:OPENAI_BASE_URL=\S+\n)?TOKEND_EXPIRES_AT=(\d+)\n"
+    r"(?:TOKEND_LIFETIME=\d+\n)?"
 )
 KINDS = ("raw", "json", "env", "socket")
 reads = dict.fromkeys(KINDS, 0)

@@ -87,7 +87,8 @@ def token_in(name: str, data: bytes) -> str | None:
         except (ValueError, KeyError, TypeError):
             return None
         return tok if isinstance(tok, str) and TOKEN_RE.fullmatch(tok) else None
-    m = re.fullmatch(r"OPENAI_API_KEY=(\S+)\nTOKEND_EXPIRES_AT=\d+\n", text)
+    shape = r"OPENAI_API_KEY=(\S+)\nTOKEND_EXPIRES_AT=\d+\n(?:TOKEND_LIFETIME=\d+\n)?"
+    m = re.fullmatch(shape, text)
     return m.group(1) if m and TOKEN_RE.fullmatch(m.group(1)) else None
 
 
