@@ -497,31 +497,14 @@ def test_an_early_revoked_token_costs_one_refresh_and_one_replay(
     upstream; they share one forced refresh and are each replayed once, with the new
     token. The tool sees only successes."""
     with proxied() as (d, env):
-        assert (
-            raw(
-                env,
-                "POST",
-                "/v1/chat/completions",
-                body=CHAT,
-                headers={"Content-Type": "application/json"},
-            )[0]
-            == 200
-        )
+        assert client_status(env)[0] == 200
         revoked = api.requests[-1].token
         fake.revoke(revoked)
         token_calls = fake.calls["token"]
         results: list[int] = []
 
         def call() -> None:
-            results.append(
-                raw(
-                    env,
-                    "POST",
-                    "/v1/chat/completions",
-                    body=CHAT,
-                    headers={"Content-Type": "application/json"},
-                )[0]
-            )
+            results.append(client_status(env)[0])
 
         threads = [threading.Thread(target=call) for _ in range(8)]
         for t in threads:
@@ -708,13 +691,7 @@ def test_upstream_unreachable_is_502(fake: FakeGoogle, short_tmp: Path) -> None:
         cfg = proxy_config(fake, short_tmp, dead, proxy="connect_timeout = 2")
         with run_daemon(fake, short_tmp, cfg) as d:
             env = proxy_env(d)
-            got, body = raw(
-                env,
-                "POST",
-                "/v1/chat/completions",
-                body=CHAT,
-                headers={"Content-Type": "application/json"},
-            )
+            got, body = client_status(env)
     assert got == 502
     err = error_of(body)
     assert err["code"] == "upstream_unreachable" and dead in err["message"]
@@ -748,6 +725,7 @@ def test_no_token_is_503_with_the_fix(fake: FakeGoogle, api: FakeOpenAI, short_t
 
 
 def client_status(env: dict[str, str]) -> tuple[int, bytes]:
+    """One plain chat completion through the proxy with the local key."""
     return raw(
         env, "POST", "/v1/chat/completions", body=CHAT, headers={"Content-Type": "application/json"}
     )

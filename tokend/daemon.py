@@ -406,7 +406,7 @@ class Daemon:
         if self._proxy is not None and config.proxy.enabled:
             from tokend.proxy import ProxySettings
 
-            moved = self._proxy.settings.env_path != config.runtime_path / "proxy.env"
+            moved = self._proxy.settings.env_path != config.proxy_env_path
             self._proxy.configure(ProxySettings.of(config))
             if moved:  # a new runtime dir: proxy.env goes there too
                 self._background(self._proxy.write_env())
