@@ -64,9 +64,11 @@ __all__ = ["PlainGet", "SocketServer", "parse_plain_get", "peer_uid", "refuse_if
 log = logging.getLogger(__name__)
 
 #: Listen backlog: a burst of clients connecting at once (every process of a parallel
-#: build starting together) must queue, not fail with EAGAIN. The kernel caps it at
-#: net.core.somaxconn.
-BACKLOG = 1024
+#: build starting together) must queue, not fail with EAGAIN. asyncio clients cannot
+#: wait for room as :mod:`tokend.client` does: their ``sock_connect`` takes EAGAIN from
+#: a full queue for "in progress" and hands back a socket that never connected. The
+#: kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4).
+BACKLOG = 4096
 #: The kernel's buffer for answers a client has not read yet (SO_SNDBUF; Linux doubles
 #: it for its bookkeeping). Its default, ~208 KiB, let a client that never reads make
 #: us render some 400 answers before anything pushed back.
