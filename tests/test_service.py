@@ -558,18 +558,46 @@ def test_missing_service_manager_says_what_to_do(short_tmp: Path) -> None:
     assert not any(home.home.iterdir())
 
 
-def test_user_manager_not_running_says_what_to_do(home: Home) -> None:
-    """systemctl --user cannot reach a user manager (su, cron, no linger): exit 1 with
-    the fix, no traceback; a second try once the manager runs just works."""
+def test_no_user_manager_install_writes_nothing_and_uninstall_cleans_up(home: Home) -> None:
+    """systemctl --user cannot reach a user manager (no systemd as PID 1, or su, cron, no
+    linger).
+    1. install: exit 1, one line, no traceback, and no unit file left behind. Without
+       systemd as PID 1 (sd_booted: /run/systemd/system), the line says so and names what
+       to do instead, never loginctl; with it, the line gives the loginctl fix.
+    2. An older install's unit file: without systemd, uninstall removes it (exit 0);
+       with it, uninstall keeps it (a manager we cannot reach may run it) and says why.
+    3. Once the manager answers, install just works.
+    This machine takes one branch of each; which one is printed."""
+    booted = Path("/run/systemd/system").is_dir()
+    print(f"systemd is PID 1 here: {booted}")
     r = home.tokend("install", "--systemd", STUB_BUS_DOWN="1")
     assert r.returncode == 1
-    assert "Failed to connect to bus" in r.stderr
-    assert "loginctl enable-linger $USER" in r.stderr
-    assert "`tokend run` under another supervisor" in r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not any(home.home.iterdir()), "install left the unit (or its directory) behind"
+    if booted:
+        assert "Failed to connect to bus" in r.stderr
+        assert "loginctl enable-linger $USER" in r.stderr and "Nothing was written" in r.stderr
+    else:
+        assert "this machine does not run systemd (PID 1 is " in r.stderr
+        assert "nothing was written" in r.stderr and "`tokend run` from" in r.stderr
+        assert "loginctl" not in r.stderr
+
+    home.unit.parent.mkdir(parents=True)
+    home.unit.write_text("[Unit]\nDescription=from an older install\n")
+    r = home.tokend("uninstall", "--systemd", STUB_BUS_DOWN="1")
+    if booted:
+        assert r.returncode == 1 and "loginctl enable-linger" in r.stderr
+        assert home.unit.exists()
+        home.unit.unlink()
+    else:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"removed {home.unit} (this machine does not run systemd")
+        assert not home.unit.exists()
+
     home.calls()
     r = home.tokend("install", "--systemd")
     assert r.returncode == 0, r.stderr
+    assert home.unit.exists()
 
 
 def test_a_failing_launchctl_says_what_was_done_and_what_failed(home: Home) -> None:

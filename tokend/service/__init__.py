@@ -73,7 +73,7 @@ class Plan:
     ) -> list[str]:
         """Do the steps in order. Returns one line per thing done (files written or
         removed, and what ``ran`` says of a command). A failing command stops it with a
-        :class:`ServiceError`: what was done before, then ``explain(cmd, first line of
+        :class:`ServiceError`: what was done before, then ``explain(cmd, last line of
         its output)``, which is where each service manager adds its fix."""
         done: list[str] = []
         for step in self.steps:
@@ -87,9 +87,11 @@ class Plan:
                 result = run_command(step.cmd)
                 if result.returncode != 0:
                     lines = (result.stderr or result.stdout).strip().splitlines()
-                    first = lines[0] if lines else f"exit status {result.returncode}"
+                    # The error is the last line: warnings (about a unit file, say) come
+                    # before it.
+                    last = lines[-1] if lines else f"exit status {result.returncode}"
                     before = "".join(f"{d}; " for d in done)
-                    raise ServiceError(before + explain(step.cmd, first))
+                    raise ServiceError(before + explain(step.cmd, last))
                 if (line := ran(step.cmd)) is not None:
                     done.append(line)
         return done

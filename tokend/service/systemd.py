@@ -7,13 +7,14 @@ wheel carries no ``systemd/`` directory; a test pins the committed file to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokend.service import Plan, ServiceError
+from tokend.service import Plan, ServiceError, write_file
 
 __all__ = [
     "DEFAULT_EXEC",
@@ -173,6 +174,14 @@ _NO_MANAGER = (
     "so it starts at boot; then run `tokend {verb}` again. Without systemd, run "
     "`tokend run` under another supervisor."
 )
+_NOT_SYSTEMD = (
+    "this machine does not run systemd (PID 1 is {pid1}), so there is no service manager "
+    "to start tokend{done}. Run `tokend run` from whatever starts programs here (a "
+    "container's entrypoint, supervisord, runit, a login script); `tokend install "
+    "--dry-run` prints the unit for a machine with systemd"
+)
+#: sd_booted(3): the system runs systemd as PID 1 if and only if this directory exists.
+_BOOTED = Path("/run/systemd/system")
 #: What systemctl --user says when there is no user manager (or no session bus) to ask.
 _NO_BUS = ("Failed to connect to bus", "No medium found", "XDG_RUNTIME_DIR", "not defined")
 
@@ -185,15 +194,37 @@ def _require_systemctl() -> None:
         )
 
 
+class _Unreachable(ServiceError):
+    """systemctl --user found no user manager to talk to (``why``: what it said)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 def _carry_out(plan: Plan, verb: str) -> list[str]:
-    """Do the plan; an unreachable user manager gets the fix, not just the error."""
+    """Do the plan. Raises :class:`_Unreachable` when there is no user manager to ask,
+    else :class:`ServiceError` with what was done and what failed."""
+    unreachable: list[str] = []
 
     def explain(cmd: tuple[str, ...], first: str) -> str:
         if any(marker in first for marker in _NO_BUS):
-            return _NO_MANAGER.format(why=first, verb=verb)
+            unreachable.append(first)
         return f"`{' '.join(cmd)}` failed: {first}"
 
-    return plan.carry_out(explain)
+    try:
+        return plan.carry_out(explain)
+    except ServiceError:
+        if unreachable:
+            raise _Unreachable(unreachable[0]) from None
+        raise
+
+
+def _pid1() -> str:
+    try:
+        return Path("/proc/1/comm").read_text().strip() or "unknown"
+    except OSError:
+        return "not systemd"
 
 
 def install(command: Sequence[str], config: Path | None, *, dry_run: bool = False) -> list[str]:
@@ -204,15 +235,32 @@ def install(command: Sequence[str], config: Path | None, *, dry_run: bool = Fals
     """
     path = unit_path()
     content = render_unit(command, config).encode()
+    previous: bytes | None
     try:
-        update = path.read_bytes() != content
+        previous = path.read_bytes()
     except FileNotFoundError:
-        update = False
-    plan = install_plan(command, config, update=update)
+        previous = None
+    plan = install_plan(command, config, update=previous not in (None, content))
     if dry_run:
         return [plan.render()]
     _require_systemctl()
-    done = _carry_out(plan, "install")
+    missing = [d for d in path.parents if not d.exists()]  # made by the write
+    try:
+        done = _carry_out(plan, "install")
+    except _Unreachable as err:
+        # Nothing would ever start the unit: leave the files as they were.
+        if previous is None:
+            path.unlink(missing_ok=True)
+            for made in missing:
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        else:
+            write_file(path, previous)
+        if not _BOOTED.is_dir():
+            raise ServiceError(_NOT_SYSTEMD.format(pid1=_pid1(), done="; nothing was written"))
+        raise ServiceError(
+            _NO_MANAGER.format(why=err.why, verb="install") + " Nothing was written."
+        ) from None
     exec_line = next(ln for ln in content.decode().splitlines() if ln.startswith("ExecStart="))
     return [
         f"{done[0]} ({exec_line})",
@@ -230,5 +278,16 @@ def uninstall(*, dry_run: bool = False) -> list[str]:
     if not path.exists():
         return [f"{UNIT_NAME} is not installed ({path} does not exist); nothing to do"]
     _require_systemctl()
-    done = _carry_out(plan, "uninstall")
+    try:
+        done = _carry_out(plan, "uninstall")
+    except _Unreachable as err:
+        if _BOOTED.is_dir():
+            # A manager we cannot reach may be running the service: keep its file.
+            raise ServiceError(_NO_MANAGER.format(why=err.why, verb="uninstall")) from None
+        # No systemd, so nothing runs the unit: remove what an install wrote.
+        wants = path.parent / "default.target.wants" / UNIT_NAME
+        if wants.is_symlink():
+            wants.unlink()
+        path.unlink(missing_ok=True)
+        return [f"removed {path} (this machine does not run systemd: nothing was running)"]
     return [f"stopped and disabled {UNIT_NAME}", *done]
