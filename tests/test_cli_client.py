@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import ROOT, wait_for
 from tokend.testing import FakeGoogle
 
-SHIM = ROOT / "scripts" / "tokend-env.sh"
+SHIM = ROOT / "tokend" / "tokend-env.sh"
 BASE_URL = (
     "https://europe-west4-aiplatform.googleapis.com/v1/projects/my-project"
     "/locations/europe-west4/endpoints/openapi"
@@ -267,6 +267,15 @@ def test_status_table_and_json(d: Any, fake: FakeGoogle) -> None:
 
 
 # -- the shell shim ---------------------------------------------------------------------
+
+
+def test_shim_command_prints_the_packaged_snippet(d: Any) -> None:
+    """``tokend shim`` prints tokend-env.sh; ``--path`` names the file it printed, so
+    ``. "$(tokend shim --path)"`` sources the installed copy."""
+    path = tokend(d, "shim", "--path")
+    assert path.returncode == 0 and Path(path.stdout.strip()) == SHIM, path
+    text = tokend(d, "shim")
+    assert text.returncode == 0 and text.stdout == SHIM.read_text()
 
 
 @pytest.mark.parametrize("shell", ["dash", "bash"])

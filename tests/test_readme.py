@@ -64,7 +64,8 @@ HERE = {
     "tokend token",
     "tokend exec -- python my_script.py",
     'eval "$(tokend env)"',
-    ". scripts/tokend-env.sh",
+    "TOKEND_SHIM=$(tokend shim --path)",
+    '. "$TOKEND_SHIM"',
     CURL,
     "tokend doctor",
     "pip install .",  # test_pip_install_dot (slow: a fresh venv from PyPI)
@@ -168,7 +169,7 @@ def test_the_readme_commands_that_read_the_token(
     assert fake.is_valid(key) and base_url.startswith(
         "https://us-central1-aiplatform.googleapis.com/"
     )
-    for setup in ('eval "$(tokend env)"', ". scripts/tokend-env.sh"):
+    for setup in ('eval "$(tokend env)"', 'TOKEND_SHIM=$(tokend shim --path)\n. "$TOKEND_SHIM"'):
         done = sh(f'{setup} && printf %s "$OPENAI_API_KEY"', env)
         assert done.returncode == 0 and fake.is_valid(done.stdout), (setup, done.stderr)
     if shutil.which("curl"):
@@ -241,3 +242,11 @@ def test_pip_install_dot(short_tmp: Path) -> None:
         text=True,
     )
     assert str(target) in where.stdout, where.stdout
+    # The sh snippet is in the package, and `tokend shim` finds and prints it.
+    shim = subprocess.run(
+        [str(target / "bin" / "tokend"), "shim", "--path"], capture_output=True, text=True
+    )
+    path = Path(shim.stdout.strip())
+    assert path.is_relative_to(target) and path.name == "tokend-env.sh", shim
+    text = subprocess.run([str(target / "bin" / "tokend"), "shim"], capture_output=True, text=True)
+    assert text.stdout == path.read_text() == (ROOT / "tokend" / "tokend-env.sh").read_text()

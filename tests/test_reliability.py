@@ -1842,7 +1842,7 @@ def test_files_left_by_a_stopped_daemon_are_refused_once_expired(
         text=True,
         timeout=20,
     )
-    source_it = f'. "{ROOT}/scripts/tokend-env.sh"; echo "rc=$? key=${{OPENAI_API_KEY:-}}"'
+    source_it = f'. "{ROOT}/tokend/tokend-env.sh"; echo "rc=$? key=${{OPENAI_API_KEY:-}}"'
     shim = subprocess.run(
         ["sh", "-c", source_it],
         env=env,
@@ -2209,7 +2209,7 @@ def test_client_and_daemon_agree_without_xdg_runtime_dir(
     """1. XDG_RUNTIME_DIR and TOKEND_RUNTIME_DIR unset; TMPDIR points to a fresh dir.
     2. Before the daemon starts, a client process names the socket and token file.
     3. The daemon starts and says which runtime dir it uses; the client's names are
-       in it, and ``tokend token`` and ``. scripts/tokend-env.sh`` get the token.
+       in it, and ``tokend token`` and ``. tokend/tokend-env.sh`` get the token.
     4. After the daemon stops, ``tokend status`` names the same socket."""
     tmp = short_tmp / "t"
     tmp.mkdir(mode=0o700)
@@ -2237,7 +2237,7 @@ def test_client_and_daemon_agree_without_xdg_runtime_dir(
             timeout=30,
         )
         shim = subprocess.run(
-            ["sh", "-c", f'. "{ROOT}/scripts/tokend-env.sh" && printf %s "$OPENAI_API_KEY"'],
+            ["sh", "-c", f'. "{ROOT}/tokend/tokend-env.sh" && printf %s "$OPENAI_API_KEY"'],
             env=client_env,
             capture_output=True,
             text=True,

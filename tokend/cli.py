@@ -304,6 +304,19 @@ def cmd_proxy_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_shim(args: argparse.Namespace) -> int:
+    """``tokend shim``: the POSIX sh snippet that sets OPENAI_API_KEY from openai.env
+    without starting Python; ``--path`` prints where the installed copy is instead."""
+    from pathlib import Path
+
+    shim = Path(__file__).with_name("tokend-env.sh")
+    if args.path:
+        print(shim)
+    else:
+        sys.stdout.write(shim.read_text())
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tokend.doctor import run_checks
 
@@ -440,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="", help="key name (default: default)")
     p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
     p.set_defaults(func=cmd_proxy_key)
+
+    p = sub.add_parser(
+        "shim",
+        help="print tokend-env.sh, the sh snippet that sets OPENAI_API_KEY without Python",
+        description="Print tokend-env.sh: source it (`. FILE`) in sh scripts to set "
+        "OPENAI_API_KEY (and OPENAI_BASE_URL) from openai.env without starting Python. "
+        "Save it once: tokend shim > ~/.local/share/tokend-env.sh",
+    )
+    p.add_argument("--path", action="store_true", help="print the installed file's path")
+    p.set_defaults(func=cmd_shim)
 
     p = sub.add_parser("doctor", help="check credentials, paths, socket, service, token and clock")
     p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
