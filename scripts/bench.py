@@ -8,7 +8,7 @@ measured) and the real ``tokend run`` in a subprocess, then measures, per token 
    ``CLOUDSDK_CONFIG`` holding the ADC file, ``CLOUDSDK_AUTH_TOKEN_HOST`` -> the fake);
 2. a fresh Python process doing ``google.auth.default()`` + ``refresh()``;
 3. the ``tokend token`` CLI process;
-4. ``. scripts/tokend-env.sh`` in sh (dash when present);
+4. ``. tokend/tokend-env.sh`` in sh (dash when present);
 5. in-process ``tokend.client.token()``: token file, and socket (no token file);
 6. raw ``GET /v1/token`` on the socket, keep-alive, at 1, 64 and 512 concurrent clients;
 
@@ -82,10 +82,21 @@ class Plan:
     clients: int  # client processes for the token-endpoint count
     idle_seconds: float
     adc_rewrites: int
+    # the proxy (rows 10-15)
+    proxy_seconds: float  # measured seconds of one chat phase (per target and round)
+    proxy_warmup: float
+    proxy_rounds: int  # direct and proxied phases alternate this many times
+    ttfb_samples: int
+    sse_rounds: int
+    hold_streams: int
+    hold_delay: float  # seconds the upstream waits before each event of a held stream
+    socket_seconds: float  # the token socket's load next to the proxy's (row 14)
 
 
-QUICK = Plan(3, 5, 15, 30, 20_000, 500, 1.5, 0.3, 6, 10.0, 2)
-FULL = Plan(20, 30, 100, 300, 200_000, 3_000, 5.0, 1.0, 100, 60.0, 5)
+QUICK = Plan(3, 5, 15, 30, 20_000, 500, 1.5, 0.3, 6, 10.0, 2, 0.4, 0.15, 2, 50, 2, 200, 2.0, 1.0)
+FULL = Plan(
+    20, 30, 100, 300, 200_000, 3_000, 5.0, 1.0, 100, 60.0, 5, 3.0, 0.5, 3, 500, 10, 1000, 6.0, 5.0
+)
 
 # -- statistics and formatting ----------------------------------------------------------
 
@@ -171,6 +182,15 @@ def run(
     return time.perf_counter() - t0, proc.returncode, out.decode(), err.decode()
 
 
+def worker(args: list[str], env: dict[str, str], timeout: float = 120) -> Any:
+    """Run this script as ``--worker ARGS...``: the JSON it printed."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+    _, rc, out, err = run(argv, env, timeout)
+    if rc != 0:
+        raise RuntimeError(f"{args[0]} worker failed: {err.strip()[-1500:]}")
+    return json.loads(out)
+
+
 def kill_live() -> None:
     with _LIVE_LOCK:
         procs = list(_LIVE)
@@ -224,6 +244,21 @@ def machine() -> str:
     return f"{cores} cores, {cpu}, {platform.system()} {platform.release()}"
 
 
+def clean_env() -> dict[str, str]:
+    """The environment of every child: none of the user's tokend, Google or gcloud
+    settings; loopback never through an HTTP proxy. Children write .pyc files, as an
+    installed package has them: under PYTHONDONTWRITEBYTECODE an edited module would be
+    compiled on every run."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TOKEND_", "GOOGLE_", "CLOUDSDK_", "GCE_METADATA"))
+        and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 # -- the bench: FakeGoogle + tokend run ---------------------------------------------------
 
 
@@ -242,15 +277,7 @@ class Bench:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.daemon_calls = 0
         self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
-        # Children write .pyc files, as an installed package has them: under
-        # PYTHONDONTWRITEBYTECODE an edited module would be compiled on every run.
-        self.base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("TOKEND_", "GOOGLE_", "CLOUDSDK_", "GCE_METADATA"))
-            and k != "PYTHONDONTWRITEBYTECODE"
-        }
-        self.base_env["NO_PROXY"] = self.base_env["no_proxy"] = "127.0.0.1,localhost"
+        self.base_env = clean_env()
 
     # -- lifecycle
 
@@ -350,11 +377,7 @@ class Bench:
         return self.fake.calls["token"] - before
 
     def _worker(self, args: list[str], env: dict[str, str], timeout: float = 120) -> Any:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-        _, rc, out, err = run(argv, env, timeout)
-        if rc != 0:
-            raise RuntimeError(f"{args[0]} worker failed: {err.strip()[-1000:]}")
-        return json.loads(out)
+        return worker(args, env, timeout)
 
     # -- 1-4: one process per token
 
@@ -462,13 +485,13 @@ class Bench:
     def shell(self, gcloud: list[float] | None) -> None:
         sh = shutil.which("dash") or "/bin/sh"
         name = Path(sh).name
-        script = shlex.quote(str(ROOT / "scripts" / "tokend-env.sh"))
+        script = shlex.quote(str(ROOT / "tokend" / "tokend-env.sh"))
         env = self.client_env()
         argv = [sh, "-c", f'. {script} && printf "%s\\n" "$OPENAI_API_KEY"']
         times = self.samples(argv, env, self.plan.sh_runs, "tokend-env.sh")
         med = pct(times, 50)
         self.report.add(
-            f"4. `{name} -c '. scripts/tokend-env.sh'` (new sh process)",
+            f"4. `{name} -c '. tokend/tokend-env.sh'` (new sh process)",
             fmt_s(med),
             fmt_s(pct(times, 99)),
             NONE,
@@ -485,7 +508,7 @@ class Bench:
         _, rc, out, _err = run([sh, "-c", loop], env)
         if rc == 0 and out.strip().isdigit():
             self.report.add(
-                f"4. `. scripts/tokend-env.sh` in a running {name} (mean of {n})",
+                f"4. `. tokend/tokend-env.sh` in a running {name} (mean of {n})",
                 fmt_s(int(out.strip()) / n / 1e9),
                 NONE,
                 NONE,
@@ -679,6 +702,651 @@ class Bench:
         self.report.raw["adc_rewrite"] = times
 
 
+# -- 10-15: the OpenAI proxy, against the Vertex-like stand-in ------------------------------
+
+PROJECT = "fake-project"
+LOCATION = "us-central1"
+LITELLM_VENV = Path.home() / ".cache" / "tokend-bench" / "litellm-venv"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fmt_d(seconds: float) -> str:
+    """A difference, signed: +1.2 ms, -40.0 µs."""
+    return ("+" if seconds >= 0 else "-") + fmt_s(abs(seconds))
+
+
+def fmt_pair(ns: Sequence[float]) -> str:
+    return f"p50 {fmt_s(pct(ns, 50))}, p99 {fmt_s(pct(ns, 99))}"
+
+
+class Upstream:
+    """FakeGoogle + FakeOpenAI in a worker process of their own, so that their request
+    threads do not share a GIL with the bench or the load generator; driven by one JSON
+    line per command on its stdin (EOF stops it)."""
+
+    def __init__(self, directory: Path, log_path: Path, env: dict[str, str]) -> None:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "upstream"]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*argv, str(directory)],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(self.proc)
+        self.log_path = log_path
+        self.info: dict[str, Any] = self._read()
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the upstream worker died: {self.log_path.read_text()[-1000:]}")
+        return json.loads(line)
+
+    def call(self, op: str, **kw: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kw}).encode() + b"\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        with _LIVE_LOCK:
+            _LIVE.discard(self.proc)
+
+
+class ProxyBench:
+    """Rows 10-15: ``tokend run`` with ``[proxy]`` in front of :class:`FakeOpenAI`, every
+    measurement next to its floor (the same client code calling the stand-in directly
+    with a valid Google token) in the same run, the two alternating."""
+
+    def __init__(self, plan: Plan, report: Report, with_litellm: bool) -> None:
+        self.plan = plan
+        self.report = report
+        self.with_litellm = with_litellm
+        self.work = Path(tempfile.mkdtemp(prefix="tkp", dir="/tmp"))
+        self.runtime = self.work / "rt"
+        self.sock = self.runtime / "tokend.sock"
+        self.env = clean_env()
+        self.upstream: Upstream | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.lean: subprocess.Popen[bytes] | None = None
+        self.litellm: subprocess.Popen[bytes] | None = None
+        self.litellm_status = "not run: pass --with-litellm"
+        self.targets: dict[str, dict[str, Any]] = {}
+        self.levels: dict[str, dict[str, Any]] = {}
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        # The daemon watches the directories of its config and credentials: its log (a
+        # line per proxied request) must not be in them, or every request would wake
+        # its watcher thread.
+        for sub in ("cfg", "creds", "log"):
+            (self.work / sub).mkdir()
+        self.upstream = up = Upstream(self.work / "creds", self.log("upstream"), self.env)
+        config = self.work / "cfg" / "config.toml"
+        config.write_text(
+            f'[proxy]\nlisten = "127.0.0.1:0"\n'
+            f'[profiles.default]\ncredentials = "{up.info["sa"]}"\n'
+            f'[profiles.default.openai]\nproject = "{PROJECT}"\nlocation = "{LOCATION}"\n'
+            f'api_endpoint = "{up.info["origin"]}"\n'
+        )
+        env = {
+            **self.env,
+            "TOKEND_RUNTIME_DIR": str(self.runtime),
+            "TOKEND_STATE_DIR": str(self.work / "state"),
+        }
+        with open(self.log("daemon"), "wb") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "tokend", "run", "--config", str(config)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.work / "log",
+            )
+        deadline = time.monotonic() + 30
+        penv = self.runtime / "proxy.env"
+        while not (penv.exists() and self.sock.exists() and (self.runtime / "token.json").exists()):
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tokend (proxy) did not start:\n{self.daemon_log()}")
+            time.sleep(0.02)
+        proxy = dict(line.split("=", 1) for line in penv.read_text().splitlines() if "=" in line)
+        self.targets = {
+            "direct": {
+                "name": "direct",
+                "url": f"{up.info['vertex_base_url']}/chat/completions",
+                "headers": {"Authorization": f"Bearer {up.info['token']}"},
+            },
+            "proxy": {
+                "name": "proxy",
+                "url": f"{proxy['OPENAI_BASE_URL']}/chat/completions",
+                "headers": {"Authorization": f"Bearer {proxy['OPENAI_API_KEY']}"},
+            },
+        }
+        self.start_lean()
+        # The proxied paths work end to end before anything is measured.
+        self._http({"mode": "ttfb", "targets": list(self.targets.values()), "samples": 3})
+
+    def start_lean(self) -> None:
+        """The floor for a proxy: :func:`worker_lean`, a minimal aiohttp reverse proxy
+        with none of tokend's checks, on the same upstream."""
+        assert self.upstream is not None
+        info = self.upstream.info
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "lean"]
+        with open(self.log("lean"), "wb") as log:
+            self.lean = subprocess.Popen(
+                [*argv, info["vertex_base_url"], info["token"]],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(self.lean)
+        assert self.lean.stdout is not None
+        line = self.lean.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the lean proxy did not start: {self.log('lean').read_text()}")
+        self.targets["lean"] = {
+            "name": "lean",
+            "url": f"http://127.0.0.1:{int(line)}/v1/chat/completions",
+            "headers": {},
+            "pid": self.lean.pid,
+        }
+
+    def stop(self) -> None:
+        for proc in (self.litellm, self.lean, self.daemon):
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+        if self.upstream is not None:
+            self.upstream.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def log(self, name: str) -> Path:
+        return self.work / "log" / f"{name}.log"
+
+    def daemon_log(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log("daemon").read_text(errors="replace")[-3000:]
+        return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.daemon is not None
+        return self.daemon.pid
+
+    def _http(self, spec: dict[str, Any], timeout: float = 300) -> Any:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "http"]
+        spec = {"pid": self.pid, **spec}
+        _, rc, out, err = run([*argv, json.dumps(spec)], self.env, timeout)
+        if rc != 0:
+            raise RuntimeError(
+                f"http worker ({spec['mode']}) failed: {err.strip()[-1500:]}\n"
+                f"daemon log: {self.daemon_log()[-1500:]}"
+            )
+        return json.loads(out)
+
+    def _set(self, chunks: int, delay: float) -> None:
+        assert self.upstream is not None
+        self.upstream.call("set", chunks=chunks, delay=delay)
+
+    # -- the rows
+
+    def run(self) -> None:
+        self.chat()
+        self.ttfb()
+        self.sse()
+        self.hold()
+        self.socket_under_load()
+        # Started last: even idle, LiteLLM's background tasks would take CPU from the
+        # rows before.
+        self.start_litellm()
+        self.litellm_rows()
+        self.report.notes.append(
+            "Proxy rows (10-15): the stand-in upstream (FakeGoogle + FakeOpenAI: stdlib "
+            "ThreadingHTTPServer, a thread per connection) runs in a worker process of its "
+            "own, the load generator (aiohttp, one process) in "
+            "another, and the daemon in a third; on this machine they share "
+            f"{len(os.sched_getaffinity(0))} cores. The floor is the same load generator "
+            "calling the stand-in directly with a valid Google token; direct and proxied "
+            "phases alternate (the order swapped every round). A second floor, the lean "
+            "proxy, is a 30-line aiohttp reverse proxy with none of tokend's checks, on the "
+            "same upstream. Every client keeps its connections alive (HTTP/1.1), and so "
+            "does the stand-in (as Vertex does), except for streams, which end with their "
+            "connection. Where the closed loop saturates (64 clients), the added latency "
+            "is queueing on a busy machine, the lean proxy's as much as tokend's; the paced "
+            "row is the case the target is about."
+        )
+
+    def _chat(
+        self,
+        conns: int,
+        rate: float,
+        names: Sequence[str],
+        seconds: float = 0.0,
+        warmup: float = 0.0,
+        rounds: int = 0,
+    ) -> dict[str, Any]:
+        p = self.plan
+        out: dict[str, Any] = self._http(
+            {
+                "mode": "chat",
+                "targets": [self.targets[n] for n in names],
+                "conns": conns,
+                "seconds": seconds or p.proxy_seconds,
+                "warmup": warmup or p.proxy_warmup,
+                "rounds": rounds or p.proxy_rounds,
+                "rate": rate,
+            }
+        )
+        return out
+
+    def chat(self) -> None:
+        names = ["direct", "proxy", "lean"]
+        self._set(3, 0.0)
+        levels: dict[str, dict[str, Any]] = {}
+        for conns in (1, 64):
+            levels[f"c{conns}"] = out = self._chat(conns, 0.0, names)
+            self._added_row(
+                out,
+                f"10. proxy: added latency (proxy - direct), non-streaming `chat/completions`, "
+                f"{conns} client{'s' if conns > 1 else ''}, closed loop",
+                conns == 64,
+            )
+            if conns == 64:
+                rd, rt, rl = (out[n]["rps"] for n in ("direct", "proxy", "lean"))
+                t, lean = out["proxy"], out["lean"]
+                self.report.add(
+                    "10. proxy: throughput, non-streaming `chat/completions`, 64 clients, "
+                    "closed loop",
+                    f"{rt:,.0f} req/s",
+                    NONE,
+                    "≥ 0.8x the lean proxy",
+                    f"lean proxy (floor) {rl:,.0f} req/s: x{ratio(rt, rl):.2f}; direct "
+                    f"{rd:,.0f} req/s; daemon CPU {fmt_s(t['daemon_cpu'] / t['done'])} a "
+                    f"request (lean proxy {fmt_s(lean['daemon_cpu'] / lean['done'])}), "
+                    f"{t['daemon_cpu'] / t['wall']:.0%} of a core: {verdict(rt >= 0.8 * rl)}",
+                )
+                paced = 0.5 * min(rd, rt, rl)
+        # The latency target's case when the closed loop saturates a core: 64 clients
+        # asking at random times, together at half the slowest closed-loop throughput.
+        paced = float(max(50, round(paced, -1)))
+        levels["paced"] = out = self._chat(64, paced, ["direct", "proxy", "lean"])
+        self._added_row(
+            out,
+            f"10. proxy: added latency, non-streaming `chat/completions`, 64 clients sending "
+            f"{paced:,.0f} req/s together (Poisson; half the closed-loop throughput)",
+            True,
+        )
+        self.levels = levels
+        self.report.raw["proxy_chat"] = {
+            level: {name: {k: v for k, v in r.items() if k != "ns"} for name, r in out.items()}
+            for level, out in levels.items()
+        }
+
+    def _added_row(self, out: dict[str, Any], what: str, judged: bool) -> None:
+        """A latency row: what the proxy adds to calling the upstream directly, next to
+        what the lean proxy adds in the same run; judged against the issue's target."""
+        dl, tl, ll = ([x / 1e9 for x in out[n]["ns"]] for n in ("direct", "proxy", "lean"))
+        add50, add99 = pct(tl, 50) - pct(dl, 50), pct(tl, 99) - pct(dl, 99)
+        result = (
+            f"proxy {fmt_pair(tl)}; direct (floor) {fmt_pair(dl)}; the lean proxy adds "
+            f"{fmt_d(pct(ll, 50) - pct(dl, 50))} (p50), {fmt_d(pct(ll, 99) - pct(dl, 99))} "
+            f"(p99); n={len(tl)}/{len(dl)}/{len(ll)}"
+        )
+        target = NONE
+        if judged:
+            target = "p50 ≤ +1 ms, p99 ≤ +5 ms"
+            result += f": {verdict(add50 <= 1e-3 and add99 <= 5e-3)}"
+        self.report.add(what, fmt_d(add50), fmt_d(add99), target, result)
+
+    def ttfb(self) -> None:
+        self._set(1, 0.0)
+        out = self._http(
+            {
+                "mode": "ttfb",
+                "targets": [self.targets[n] for n in ("direct", "proxy", "lean")],
+                "samples": self.plan.ttfb_samples,
+            }
+        )
+        dl, tl, ll = ([x / 1e9 for x in out[n]] for n in ("direct", "proxy", "lean"))
+        add50, add99 = pct(tl, 50) - pct(dl, 50), pct(tl, 99) - pct(dl, 99)
+        self.report.add(
+            "11. proxy: time to first streamed byte (request sent → first SSE bytes), "
+            "1 client, proxy - direct",
+            fmt_d(add50),
+            fmt_d(add99),
+            "≤ +1 ms",
+            f"proxy {fmt_pair(tl)}; direct (floor) {fmt_pair(dl)}; the lean proxy adds "
+            f"{fmt_d(pct(ll, 50) - pct(dl, 50))} (p50); n={len(tl)}: {verdict(add50 <= 1e-3)}",
+        )
+        self.report.raw["proxy_ttfb"] = out
+
+    def sse(self) -> None:
+        assert self.upstream is not None
+        chunks, delay, streams = 10, 0.020, 4
+        self._set(chunks, delay)
+        since = self.upstream.call("mark")["mark"]
+        out = self._http(
+            {
+                "mode": "sse",
+                "targets": [self.targets[n] for n in ("direct", "proxy", "lean")],
+                "rounds": self.plan.sse_rounds,
+                "streams": streams,
+            }
+        )
+        sent = self.upstream.call("log", since=since, prefix="sse-")["log"]
+        lags: dict[str, list[float]] = {"direct": [], "proxy": [], "lean": []}
+        missing = 0
+        for model, arrivals in out["arrivals"].items():
+            name = model.split("-")[1]
+            at = {int(e): t for e, t in sent.get(model, [])}
+            for i in range(chunks):
+                if i in at and i < len(arrivals):
+                    lags[name].append(arrivals[i] - at[i])
+                else:
+                    missing += 1
+        if missing or not all(lags.values()):
+            raise RuntimeError(f"sse: {missing} chunks were not matched to the upstream log")
+        dl, tl, ll = lags["direct"], lags["proxy"], lags["lean"]
+        add50, add99 = pct(tl, 50) - pct(dl, 50), pct(tl, 99) - pct(dl, 99)
+        self.report.add(
+            f"12. proxy: each SSE chunk, upstream's write → its arrival at the client "
+            f"({streams} streams at a time, {chunks} chunks {delay * 1e3:g} ms apart)",
+            fmt_s(pct(tl, 50)),
+            fmt_s(pct(tl, 99)),
+            "forwarded within 1 ms (p99 - floor's p99)",
+            f"direct (floor) {fmt_pair(dl)}; added p50 {fmt_d(add50)}, p99 {fmt_d(add99)}, "
+            f"max {fmt_s(max(tl))} (floor {fmt_s(max(dl))}); the lean proxy adds "
+            f"{fmt_d(pct(ll, 50) - pct(dl, 50))} (p50), {fmt_d(pct(ll, 99) - pct(dl, 99))} "
+            f"(p99); n={len(tl)} chunks: {verdict(add99 <= 1e-3)}",
+        )
+        self.report.raw["proxy_sse"] = lags
+
+    def hold(self) -> None:
+        n, delay = self.plan.hold_streams, self.plan.hold_delay
+        self._set(3, delay)
+        out = self._http(
+            {"mode": "hold", "targets": [self.targets["proxy"]], "streams": n, "delay": delay},
+            timeout=120 + 3 * delay,
+        )
+        self._set(3, 0.0)
+        per = (out["rss1"] - out["rss0"]) / n  # KB
+        ok = per <= 64 and out["got"] == n and out["idle"]
+        quick = " (--quick: 200 instead of 1,000)" if n < 1000 else ""
+        firsts = [x / 1e9 for x in out["first"]] or [0.0]
+        self.report.add(
+            f"13. proxy: {n:,} concurrent streams held open{quick}, daemon RSS growth "
+            "per idle stream (VmRSS)",
+            f"{per:.1f} KB",
+            NONE,
+            "≤ 64 KB per stream; all get their first chunk",
+            f"{out['got']:,}/{n:,} got their first chunk (open → first chunk {fmt_pair(firsts)}, "
+            f"upstream delay {delay:g} s); VmRSS {out['rss0'] / 1024:.1f} → "
+            f"{out['rss1'] / 1024:.1f} MB, {out['fds']:,} fds open"
+            f"{'' if out['idle'] else ', NOT idle at the reading'}: {verdict(ok)}",
+        )
+        self.report.raw["proxy_hold"] = {k: v for k, v in out.items() if k != "first"}
+
+    def socket_under_load(self) -> None:
+        p = self.plan
+        rate, conns = 500.0, 4
+
+        def token_load() -> list[float]:
+            args = ["load", str(self.sock), str(conns), str(p.socket_seconds)]
+            out = worker([*args, str(p.load_warmup), str(rate)], self.env)
+            return [t / 1e9 for t in out["ns"]]
+
+        idle = token_load()
+        raw: dict[str, Any] = {"idle": idle}
+        for label, chunks, delay in (("back to back", 20, 0.0), ("20 ms apart", 10, 0.020)):
+            self._set(chunks, delay)
+            ready, stop = self.work / "ready", self.work / "stop"
+            ready.unlink(missing_ok=True)
+            stop.unlink(missing_ok=True)
+            spec = {
+                "pid": self.pid,
+                "mode": "streamload",
+                "targets": [self.targets["proxy"]],
+                "conns": 64,
+                "ready": str(ready),
+                "stop": str(stop),
+            }
+            argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "http"]
+            pool = ThreadPoolExecutor(1)
+            try:
+                fut = pool.submit(run, [*argv, json.dumps(spec)], self.env, 120)
+                deadline = time.monotonic() + 30
+                while not ready.exists() and not fut.done() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                cpu0 = proc_cpu(self.pid)
+                busy = token_load()
+                cpu = proc_cpu(self.pid) - cpu0
+                stop.touch()
+                _, rc, out, err = fut.result(timeout=120)
+            finally:
+                stop.touch()
+                pool.shutdown(wait=True)
+            if rc != 0:
+                raise RuntimeError(f"streamload worker failed: {err.strip()[-1500:]}")
+            streams = json.loads(out)
+            r50, r99 = ratio(pct(busy, 50), pct(idle, 50)), ratio(pct(busy, 99), pct(idle, 99))
+            self.report.add(
+                f"14. socket `GET /v1/token` ({conns} clients, {rate:,.0f} req/s, Poisson) while "
+                f"the proxy relays 64 streams, {chunks} chunks each {label} "
+                f"({streams['chunks_per_s']:,.0f} chunks/s)",
+                fmt_s(pct(busy, 50)),
+                fmt_s(pct(busy, 99)),
+                "within 2x of idle",
+                f"idle {fmt_pair(idle)}: x{r50:.1f} (p50), x{r99:.1f} (p99); daemon CPU "
+                f"{cpu / (p.socket_seconds + p.load_warmup):.0%}: "
+                f"{verdict(r50 <= 2 and r99 <= 2)}",
+            )
+            raw[label] = {"busy": busy, "streams": streams}
+        self._set(3, 0.0)
+        self.report.raw["proxy_socket"] = raw
+
+    # -- 15: LiteLLM
+
+    def start_litellm(self) -> None:
+        if not self.with_litellm:
+            return
+        exe, why = litellm_install()
+        if exe is None:
+            self.litellm_status = f"not run: install failed: {why}"
+            return
+        assert self.upstream is not None
+        port = free_port()
+        cfg = self.work / "cfg" / "litellm.yaml"
+        cfg.write_text(
+            "model_list:\n"
+            "  - model_name: bench-model\n"
+            "    litellm_params:\n"
+            "      model: openai/bench-model\n"
+            f"      api_base: {self.upstream.info['vertex_base_url']}\n"
+            f"      api_key: {self.upstream.info['token']}\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+        )
+        # A master key, as tokend's proxy has its local key (LiteLLM refuses to start
+        # without one): every request is checked against it.
+        master = f"sk-bench-{os.urandom(8).hex()}"
+        env = {
+            **self.env,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_MASTER_KEY": master,
+        }
+        with open(self.log("litellm"), "wb") as log:
+            self.litellm = subprocess.Popen(
+                [
+                    str(exe),
+                    "--config",
+                    str(cfg),
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                    "--num_workers",
+                    "1",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.work / "log",
+            )
+        deadline = time.monotonic() + 180
+        while True:
+            if self.litellm.poll() is not None or time.monotonic() > deadline:
+                tail = self.log("litellm").read_text(errors="replace")[-300:]
+                self.litellm_status = f"not run: litellm did not start: {' '.join(tail.split())}"
+                return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1) as s,
+            ):
+                s.sendall(b"GET /health/liveliness HTTP/1.0\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    break
+            time.sleep(0.25)
+        self.targets["litellm"] = {
+            "name": "litellm",
+            "url": f"http://127.0.0.1:{port}/v1/chat/completions",
+            "headers": {"Authorization": f"Bearer {master}"},
+            "pid": self.litellm.pid,
+        }
+        try:
+            self._http(
+                {
+                    "mode": "ttfb",
+                    "targets": [self.targets["litellm"]],
+                    "samples": 3,
+                    "stream": False,
+                }
+            )
+        except RuntimeError as err:
+            del self.targets["litellm"]
+            self.litellm_status = f"not run: litellm failed a request: {str(err)[:300]}"
+            return
+        self.litellm_status = f"litellm {why}"
+
+    def litellm_rows(self) -> None:
+        what = (
+            "15. LiteLLM proxy (`litellm[proxy]`, 1 worker) in the same place: added "
+            "latency and throughput as in rows 10"
+        )
+        if "litellm" not in self.targets:
+            self.report.add(what, "not run", NONE, NONE, self.litellm_status)
+            return
+        # LiteLLM takes tens of ms of CPU a request: at 64 clients one answer takes
+        # seconds, so its phases (with direct and tokend's, alternating) are longer.
+        names = ["direct", "proxy", "litellm"]
+        self._set(3, 0.0)
+        c1 = self._chat(1, 0.0, names, seconds=2.0, warmup=0.5, rounds=1)
+        c64 = self._chat(64, 0.0, names, seconds=8.0, warmup=3.0, rounds=1)
+        self.report.raw["litellm_chat"] = {
+            level: {name: {k: v for k, v in r.items() if k != "ns"} for name, r in out.items()}
+            for level, out in (("c1", c1), ("c64", c64))
+        }
+        dl, tl, ml = ([x / 1e9 for x in c1[n]["ns"]] for n in names)
+        if not ml or not c64["litellm"]["ns"]:
+            self.report.add(
+                what,
+                "no answer",
+                NONE,
+                NONE,
+                f"{self.litellm_status}: no request finished "
+                "inside a measured window (2 s at 1 client, 8 s at 64)",
+            )
+            return
+        t50, m50 = pct(tl, 50) - pct(dl, 50), pct(ml, 50) - pct(dl, 50)
+        t99, m99 = pct(tl, 99) - pct(dl, 99), pct(ml, 99) - pct(dl, 99)
+        self.report.add(
+            f"15. LiteLLM proxy ({self.litellm_status}, 1 worker): added latency "
+            "(LiteLLM - direct), non-streaming `chat/completions`, 1 client, closed loop",
+            fmt_d(m50),
+            fmt_d(m99),
+            "tokend adds less",
+            f"LiteLLM {fmt_pair(ml)}; tokend adds {fmt_d(t50)} (p50), {fmt_d(t99)} (p99) in "
+            f"the same phases: LiteLLM/tokend added p50 = x{ratio(m50, t50):.1f}; "
+            f"n={len(ml)}/{len(tl)}: {verdict(t50 < m50 and t99 < m99)}",
+        )
+        rd, rt, rm = (c64[n]["rps"] for n in names)
+        m = c64["litellm"]
+        self.report.add(
+            "15. LiteLLM proxy: throughput, non-streaming `chat/completions`, 64 clients, "
+            "closed loop",
+            f"{rm:,.0f} req/s",
+            NONE,
+            "tokend's higher",
+            f"tokend {rt:,.0f} req/s, direct {rd:,.0f} req/s in the same run: tokend/LiteLLM "
+            f"= x{ratio(rt, rm):.1f}; LiteLLM CPU {fmt_s(m['daemon_cpu'] / max(1, m['done']))} "
+            f"a request: {verdict(rt > rm)}",
+        )
+
+
+def litellm_install() -> tuple[Path | None, str]:
+    """``litellm`` in its own venv under ~/.cache (created on first use): (its console
+    script, its version) or (None, why not)."""
+    venv = LITELLM_VENV
+    exe = venv / "bin" / "litellm"
+    py = venv / "bin" / "python"
+    done = venv / ".bench-complete"
+    if not done.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        print(f"bench: installing litellm[proxy] into {venv} (once)...", file=sys.stderr)
+        env = clean_env()
+        for argv in (
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(py), "-m", "pip", "install", "-q", "litellm[proxy]"],
+        ):
+            _, rc, _out, err = run(argv, env, timeout=1800)
+            if rc != 0:
+                shutil.rmtree(venv, ignore_errors=True)
+                last = " ".join(err.strip().splitlines()[-1:]) if err.strip() else f"exit {rc}"
+                return None, last[:300]
+        done.write_text("ok\n")
+    _, rc, out, err = run(
+        [str(py), "-c", "from importlib.metadata import version; print(version('litellm'))"],
+        clean_env(),
+    )
+    if rc != 0 or not exe.exists():
+        return None, (err.strip().splitlines() or ["litellm is not importable"])[-1][:300]
+    return exe, out.strip()
+
+
 # -- workers (separate processes) ---------------------------------------------------------
 
 
@@ -801,6 +1469,355 @@ def worker_load(path: str, conns: int, seconds: float, warmup: float, rate: floa
     )
 
 
+def worker_upstream(directory: str) -> None:
+    """FakeGoogle + FakeOpenAI until stdin closes. Prints where they are, then answers
+    one JSON line per command line: ``set`` (chunks, delay), ``mark`` (how long the
+    stream log is), ``log`` (since, prefix: the stream events written since the mark,
+    by the model the request named)."""
+    from tokend.testing import FakeGoogle, FakeOpenAI
+
+    google = FakeGoogle(lifetime=3600).start()
+    api = FakeOpenAI(google, project=PROJECT, location=LOCATION, keep_alive=True).start()
+    sa = google.write_service_account(Path(directory) / "sa.json")
+    google.lifetime = 7 * 86400  # the floor's (and LiteLLM's) token outlives the bench
+    token = google.mint("bench@example.com")
+    google.lifetime = 3600
+    models: dict[int, str] = {}
+
+    def reply(doc: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+
+    reply(
+        {
+            "origin": api.origin,
+            "vertex_base_url": api.vertex_base_url,
+            "token": token,
+            "sa": str(sa),
+        }
+    )
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            op = cmd["op"]
+            if op == "set":
+                api.stream_chunks = int(cmd["chunks"])
+                api.stream_delay = float(cmd["delay"])
+                reply({})
+            elif op == "mark":
+                with api._lock:
+                    reply({"mark": len(api.stream_log)})
+            elif op == "log":
+                with api._lock:
+                    entries = api.stream_log[int(cmd["since"]) :]
+                    requests = list(api.requests)
+                found: dict[str, list[tuple[int, float]]] = {}
+                for index, event, at in entries:
+                    if index not in models:
+                        try:
+                            models[index] = str(requests[index].json().get("model"))
+                        except (ValueError, AttributeError, IndexError):
+                            models[index] = ""
+                    if models[index].startswith(cmd["prefix"]):
+                        found.setdefault(models[index], []).append((event, at))
+                reply({"log": found})
+            else:
+                reply({"error": f"unknown op {op}"})
+    finally:
+        api.stop()
+        google.stop()
+
+
+def worker_lean(base: str, token: str) -> None:
+    """The floor for a proxy: a minimal aiohttp reverse proxy (what a user would write in
+    30 lines), with none of tokend's checks (no key, peer uid, Host, routing, log line or
+    metrics) and a fixed token. Prints its port, then serves until killed."""
+    import asyncio
+
+    from aiohttp import ClientSession, TCPConnector, web
+
+    skip = {"host", "authorization", "content-length", "connection", "transfer-encoding"}
+
+    async def main() -> None:
+        session = ClientSession(connector=TCPConnector(limit=0), auto_decompress=False)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+            headers["Authorization"] = f"Bearer {token}"
+            url = f"{base}/{request.match_info['rest']}"
+            body = await request.read()
+            async with session.request(request.method, url, headers=headers, data=body) as up:
+                resp = web.StreamResponse(status=up.status)
+                for k, v in up.headers.items():
+                    if k.lower() not in skip | {"content-encoding"}:
+                        resp.headers[k] = v
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+
+        app = web.Application()
+        app.router.add_route("*", "/v1/{rest:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+def worker_http(spec_json: str) -> None:
+    """aiohttp load against OpenAI-style ``chat/completions`` targets (see
+    :func:`_http_main` for the modes); prints one JSON document."""
+    import asyncio
+
+    spec = json.loads(spec_json)
+    json.dump(asyncio.run(_http_main(spec)), sys.stdout)
+
+
+def _chat_body(model: str = "bench-model", stream: bool = False) -> bytes:
+    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        doc["stream"] = True
+    return json.dumps(doc).encode()
+
+
+async def _http_main(spec: dict[str, Any]) -> Any:
+    """Modes:
+
+    - ``chat``: ``conns`` clients, closed loop (``rate`` 0) or together sending ``rate``
+      req/s at Poisson times; ``rounds`` rounds of a ``warmup`` + ``seconds`` phase per
+      target, the order of the targets rotated every round.
+    - ``ttfb``: one client, ``samples`` streamed requests per target, alternating: from
+      the request's start to the first bytes of the body.
+    - ``sse``: ``rounds`` rounds of ``streams`` concurrent streams per target; when each
+      event arrived (time.monotonic(), comparable with the upstream's, CLOCK_MONOTONIC is
+      system-wide), by the unique model named in the request.
+    - ``hold``: ``streams`` streams opened at once and held; the daemon's VmRSS before
+      and once every stream has had its first event.
+    - ``streamload``: ``conns`` clients streaming back to back; the file ``ready`` is
+      created once ``conns`` streams are done, the load stops when ``stop`` exists.
+    """
+    import asyncio
+
+    import aiohttp
+
+    mode = spec["mode"]
+    pid = int(spec["pid"])
+    timer = time.perf_counter_ns
+    sessions = {
+        t["name"]: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+        )
+        for t in spec["targets"]
+    }
+
+    async def post(target: dict[str, Any], body: bytes) -> bytes:
+        session = sessions[target["name"]]
+        headers = {**target["headers"], "Content-Type": "application/json"}
+        async with session.post(target["url"], data=body, headers=headers) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{target['name']}: HTTP {resp.status}: {data[:200]!r}")
+            return data
+
+    async def phase(target: dict[str, Any], conns: int, rate: float) -> dict[str, Any]:
+        import random
+
+        body = _chat_body()
+        start = timer()
+        measure_from = start + int(spec["warmup"] * 1e9)
+        stop_at = measure_from + int(spec["seconds"] * 1e9)
+        gap = conns / rate * 1e9 if rate > 0 else 0.0
+        rng = random.Random(10)
+        ns: list[int] = []
+        done = 0
+
+        async def client() -> None:
+            nonlocal done
+            due = start + rng.expovariate(1.0) * gap
+            while True:
+                if rate > 0:
+                    wait = (due - timer()) / 1e9
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    due += rng.expovariate(1.0) * gap
+                t0 = timer()
+                if t0 >= stop_at:
+                    return
+                await post(target, body)
+                t1 = timer()
+                done += 1
+                if t0 >= measure_from and t1 <= stop_at:
+                    ns.append(t1 - t0)
+
+        server = int(target.get("pid", pid))  # the process whose CPU is counted
+        cpu0, dcpu0 = time.process_time(), proc_cpu(server)
+        await asyncio.gather(*(client() for _ in range(conns)))
+        cpu, dcpu = time.process_time() - cpu0, proc_cpu(server) - dcpu0
+        wall = (timer() - start) / 1e9
+        return {"ns": ns, "cpu": cpu, "daemon_cpu": dcpu, "wall": wall, "done": done}
+
+    try:
+        targets = spec["targets"]
+        if mode == "chat":
+            results: dict[str, dict[str, Any]] = {
+                t["name"]: {"ns": [], "cpu": 0.0, "daemon_cpu": 0.0, "wall": 0.0, "done": 0}
+                for t in targets
+            }
+            for r in range(int(spec["rounds"])):
+                for target in targets[r % len(targets) :] + targets[: r % len(targets)]:
+                    got = await phase(target, int(spec["conns"]), float(spec["rate"]))
+                    acc = results[target["name"]]
+                    acc["ns"] += got["ns"]
+                    for k in ("cpu", "daemon_cpu", "wall", "done"):
+                        acc[k] += got[k]
+            for acc in results.values():
+                acc["rps"] = len(acc["ns"]) / (spec["seconds"] * spec["rounds"])
+            return results
+        if mode == "ttfb":
+            stream = spec.get("stream", True)
+            body = _chat_body(stream=stream)
+            first: dict[str, list[int]] = {t["name"]: [] for t in targets}
+            for i in range(int(spec["samples"])):
+                for target in targets if i % 2 == 0 else targets[::-1]:
+                    session = sessions[target["name"]]
+                    headers = {**target["headers"], "Content-Type": "application/json"}
+                    t0 = timer()
+                    async with session.post(target["url"], data=body, headers=headers) as resp:
+                        chunk = await resp.content.readany()
+                        t1 = timer()
+                        rest = await resp.read()
+                        if resp.status != 200 or not chunk:
+                            raise RuntimeError(
+                                f"{target['name']}: HTTP {resp.status}: {(chunk + rest)[:200]!r}"
+                            )
+                    first[target["name"]].append(t1 - t0)
+            return first
+        if mode == "sse":
+            arrivals: dict[str, list[float]] = {}
+
+            async def sse_stream(target: dict[str, Any], model: str) -> None:
+                session = sessions[target["name"]]
+                headers = {**target["headers"], "Content-Type": "application/json"}
+                times: list[float] = []
+                body = _chat_body(model, stream=True)
+                async with session.post(target["url"], data=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"{target['name']}: HTTP {resp.status}")
+                    seen = b""
+                    async for data in resp.content.iter_any():
+                        now = time.monotonic()
+                        seen = seen[-1:] + data  # an event ends at the first b"\n\n"
+                        times += [now] * seen.count(b"\n\n")
+                arrivals[model] = times
+
+            for r in range(int(spec["rounds"])):
+                for target in targets if r % 2 == 0 else targets[::-1]:
+                    await asyncio.gather(
+                        *(
+                            sse_stream(target, f"sse-{target['name']}-{r}-{i}")
+                            for i in range(int(spec["streams"]))
+                        )
+                    )
+            return {"arrivals": arrivals}
+        if mode == "hold":
+            return await _hold(spec, sessions, targets[0], pid)
+        if mode == "streamload":
+            target = targets[0]
+            body = _chat_body(stream=True)
+            count = 0
+            chunks = 0
+            ready, stop = Path(spec["ready"]), Path(spec["stop"])
+
+            async def streamer() -> None:
+                nonlocal count, chunks
+                while not stop.exists():
+                    data = await post(target, body)
+                    count += 1
+                    chunks += data.count(b"\n\n") - 1  # not data: [DONE]
+                    if count == int(spec["conns"]):
+                        ready.touch()
+
+            t0 = timer()
+            await asyncio.gather(*(streamer() for _ in range(int(spec["conns"]))))
+            wall = (timer() - t0) / 1e9
+            return {"streams": count, "chunks": chunks, "chunks_per_s": chunks / wall}
+        raise RuntimeError(f"unknown mode {mode}")
+    finally:
+        for s in sessions.values():
+            await s.close()
+
+
+async def _hold(
+    spec: dict[str, Any], sessions: dict[str, Any], target: dict[str, Any], pid: int
+) -> dict[str, Any]:
+    import asyncio
+    import gc
+
+    n, delay = int(spec["streams"]), float(spec["delay"])
+    session = sessions[target["name"]]
+    headers = {**target["headers"], "Content-Type": "application/json"}
+    body = _chat_body(stream=True)
+    timer = time.perf_counter_ns
+    first: list[int] = []
+    all_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        t0 = timer()
+        async with session.post(target["url"], data=body, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"hold: HTTP {resp.status}")
+            seen = b""
+            while b"\n\n" not in seen:
+                data = await resp.content.readany()
+                if not data:
+                    raise RuntimeError("hold: the stream ended before its first event")
+                seen += data
+            first.append(timer() - t0)
+            if len(first) == n:
+                all_in.set()
+            await release.wait()
+
+    gc.collect()
+    await asyncio.sleep(0.3)
+    rss0 = proc_mem(pid)["VmRSS"] * 1024  # KB
+    opened = time.monotonic()
+    tasks = [asyncio.create_task(holder()) for _ in range(n)]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), timeout=60 + 2 * delay)
+        await asyncio.sleep(0.5)  # whatever the daemon does after the first chunks
+        rss1 = proc_mem(pid)["VmRSS"] * 1024
+        # Idle: the reading came before the upstream's second event (at 2 x delay).
+        idle = time.monotonic() - opened < 2 * delay
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        if failed:
+            raise RuntimeError(f"{len(failed)} streams failed: {failed[0].exception()}")
+    finally:
+        release.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "rss0": rss0,
+        "rss1": rss1,
+        "got": len(first),
+        "n": n,
+        "first": first,
+        "idle": idle,
+        "fds": fds,
+        "delay": delay,
+    }
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -822,27 +1839,34 @@ def header(plan_name: str) -> str:
     )
 
 
-def bench(plan: Plan) -> Report:
+def bench(plan: Plan, only: str = "", with_litellm: bool = False) -> Report:
     report = Report()
-    b = Bench(plan, report)
+    if only != "proxy":
+        b = Bench(plan, report)
+        try:
+            b.start()
+            gcloud = b.gcloud()
+            gauth = b.google_auth(gcloud)
+            b.cli(gcloud, gauth)
+            b.shell(gcloud)
+            b.inproc()
+            b.load()
+            b.endpoint_calls()
+            b.idle()
+            b.adc_rewrite()
+        finally:
+            b.stop()
+        report.notes.append(
+            "Every process-per-token row is the wall time of a whole process, started by "
+            "this script after one unmeasured warm-up run (page cache, .pyc files). Other "
+            "work on the machine shows up in p99."
+        )
+    pb = ProxyBench(plan, report, with_litellm)
     try:
-        b.start()
-        gcloud = b.gcloud()
-        gauth = b.google_auth(gcloud)
-        b.cli(gcloud, gauth)
-        b.shell(gcloud)
-        b.inproc()
-        b.load()
-        b.endpoint_calls()
-        b.idle()
-        b.adc_rewrite()
+        pb.start()
+        pb.run()
     finally:
-        b.stop()
-    report.notes.append(
-        "Every process-per-token row is the wall time of a whole process, started by this "
-        "script after one unmeasured warm-up run (page cache, .pyc files). Other work on "
-        "the machine shows up in p99."
-    )
+        pb.stop()
     return report
 
 
@@ -856,6 +1880,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="fewer samples, 10 s idle window (<60 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--only", choices=["proxy"], help="only the proxy rows (10-15)")
+    ap.add_argument(
+        "--with-litellm",
+        action="store_true",
+        help=f"also measure a LiteLLM proxy (installed once into {LITELLM_VENV})",
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -864,6 +1894,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_inproc(int(rest[0]))
         elif kind == "load":
             worker_load(rest[0], int(rest[1]), float(rest[2]), float(rest[3]), float(rest[4]))
+        elif kind == "upstream":
+            worker_upstream(rest[0])
+        elif kind == "http":
+            worker_http(rest[0])
+        elif kind == "lean":
+            worker_lean(rest[0], rest[1])
         else:
             ap.error(f"unknown worker {kind}")
         return 0
@@ -873,7 +1909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     head = header(name)
     try:
-        report = bench(plan)
+        report = bench(plan, args.only or "", args.with_litellm)
     except KeyboardInterrupt:
         print("bench: interrupted; processes stopped, temp files removed", file=sys.stderr)
         return 130

@@ -31,12 +31,21 @@ ROWS = (
     "8. idle daemon RSS",
     "8. idle daemon CPU per minute",
     "9. ADC file rewritten",
+    "10. proxy: added latency (proxy - direct), non-streaming `chat/completions`, 1 client,",
+    "10. proxy: added latency (proxy - direct), non-streaming `chat/completions`, 64 clients,",
+    "10. proxy: throughput, non-streaming `chat/completions`, 64 clients",
+    "10. proxy: added latency, non-streaming `chat/completions`, 64 clients sending",
+    "11. proxy: time to first streamed byte",
+    "12. proxy: each SSE chunk",
+    "13. proxy: 200 concurrent streams held open",  # --quick: 200, the full run 1,000
+    "14. socket `GET /v1/token`",
+    "15. LiteLLM proxy",  # "not run: pass --with-litellm" under --quick
 )
 
 
 @pytest.mark.serial
 @pytest.mark.timeout(150)
-@pytest.mark.slow  # 40 s: CI (scripts/test --slow) runs it, the quick suite does not
+@pytest.mark.slow  # 75 s: CI (scripts/test --slow) runs it, the quick suite does not
 def test_quick_bench_prints_the_whole_table(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -62,6 +71,9 @@ def test_quick_bench_prints_the_whole_table(tmp_path: Path) -> None:
     # tokend itself never makes the clients call the token endpoint.
     calls = next(line for line in table if line.startswith("| 7.") and "(tokend token" in line)
     assert calls.split(" | ")[1] == "0", calls
+    # Without --with-litellm the comparison row says so instead of a number.
+    litellm = next(line for line in table if line.startswith("| 15. LiteLLM"))
+    assert "not run: pass --with-litellm" in litellm, litellm
     data = json.loads(out_json.read_text())
     assert len(data["rows"]) == len(table) - 1
     assert data["header"] == head

@@ -673,6 +673,36 @@ def test_chunked_request_body(fake: FakeGoogle, api: FakeOpenAI) -> None:
     assert api.requests[0].headers["transfer-encoding"] == "chunked"
 
 
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_keep_alive_is_opt_in(fake: FakeGoogle, keep_alive: bool) -> None:
+    """1. Two chats, then a stream, on one HTTP/1.1 connection.
+    2. With keep_alive, the chats share the connection and the stream closes it (its body
+       ends with the connection); without, the first answer closes it."""
+    path = "/v1/chat/completions"
+    with FakeOpenAI(fake, keep_alive=keep_alive) as api:
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)
+        try:
+            headers = {"Authorization": f"Bearer {fake.mint()}"}
+            statuses, sockets = [], []
+            for stream in (False, False, True):
+                body = json.dumps({"model": "m", "messages": CHAT, "stream": stream})
+                conn.request("POST", path, body=body, headers=headers)
+                r = conn.getresponse()
+                sockets.append(conn.sock)
+                statuses.append((r.status, r.getheader("Connection")))
+                r.read()
+                if not keep_alive:
+                    break
+        finally:
+            conn.close()
+    if keep_alive:
+        assert statuses == [(200, None), (200, None), (200, "close")]
+        assert sockets[0] is sockets[1] and sockets[0] is not None
+    else:
+        assert statuses == [(200, None)]
+        assert r.version == 10  # HTTP/1.0: the connection ends with the answer
+
+
 def test_burst_of_concurrent_connections(fake: FakeGoogle, api: FakeOpenAI) -> None:
     """300 connections opened at once are all queued (listen backlog) and answered."""
     n = 300

@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -173,11 +174,21 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.0 (one request per connection, so no idle keep-alive threads linger)."""
+    """HTTP/1.0 (one request per connection, so no idle keep-alive threads linger), or
+    HTTP/1.1 with keep-alive when the owner's ``keep_alive`` is set (as Vertex keeps a
+    connection open: a benchmark's upstream)."""
 
     server: _Server
     server_version = "fake"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        if getattr(self.server.owner, "keep_alive", False):
+            self.protocol_version = "HTTP/1.1"
+            # Headers and body are separate writes: with Nagle's algorithm and delayed
+            # ACKs, every answer after the first on a connection would wait ~40 ms.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests capture stderr and the daemon's logs are scanned for secrets
@@ -226,6 +237,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", headers.pop("Content-Type", "text/event-stream"))
             self.send_header("Cache-Control", "no-cache")
+            if self.protocol_version != "HTTP/1.0":
+                self.send_header("Connection", "close")
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
@@ -915,11 +928,15 @@ class FakeOpenAI(_Base):
         *,
         project: str = "fake-project",
         location: str = "us-central1",
+        keep_alive: bool = False,
     ) -> None:
         super().__init__()
         self.google = google
         self.project = project
         self.location = location
+        #: HTTP/1.1 keep-alive (streams still end with the connection). Off by default:
+        #: each kept connection holds a thread until its client closes it.
+        self.keep_alive = keep_alive
         #: Events (chunks) per stream, and the seconds slept before each (settable).
         self.stream_chunks = 3
         self.stream_delay = 0.0
