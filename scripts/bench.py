@@ -14,9 +14,12 @@ measured) and the real ``tokend run`` in a subprocess, then measures, per token 
 
 and the token-endpoint calls N client processes cause, the idle daemon's RSS and CPU, and
 the time from rewriting the ADC file to the new identity's token in ``token.json``.
+Rows 10-15 measure the local proxy against :class:`tokend.testing.FakeOpenAI`, next to
+direct calls and a minimal aiohttp proxy (and LiteLLM's with ``--with-litellm``).
 
-Usage: ``.venv/bin/python scripts/bench.py [--quick] [--json PATH]``. Prints one markdown
-table; a missed target says ``MISSED``. ``--quick`` (under a minute) is what the test
+Usage: ``.venv/bin/python scripts/bench.py [--quick] [--only proxy] [--with-litellm]
+[--json PATH]``. Prints one markdown
+table; a missed target says ``MISSED``. ``--quick`` (about 75 s) is what the test
 suite runs: fewer samples, and a 10 s idle window scaled to a minute.
 """
 
@@ -1878,7 +1881,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--quick", action="store_true", help="fewer samples, 10 s idle window (<60 s)")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer samples, 10 s idle window (about 75 s)"
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--only", choices=["proxy"], help="only the proxy rows (10-15)")
     ap.add_argument(
