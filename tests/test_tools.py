@@ -2,8 +2,8 @@
 long-running process, across at least three token rotations, against the Vertex-like
 stand-in (which accepts only a live token) with the real ``tokend run`` in front.
 
-The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm). Without them
-these tests are skipped, except under CI, where a missing tool fails.
+The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm, pydantic-ai).
+Without them these tests are skipped, except under CI, where a missing tool fails.
 """
 
 from __future__ import annotations
@@ -172,6 +172,54 @@ def test_litellm(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
         env = tool_env(daemon, **extra)
         script = LITELLM_PER_CALL
     run_across_rotations(api, [sys.executable, "-c", script], env, timeout=120)
+
+
+# -- pydantic-ai -----------------------------------------------------------------------------
+
+PYDANTIC_AI_CALLABLE = """
+import asyncio, openai, tokend
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+# The recipe: an AsyncOpenAI client with a callable key, asked before every request.
+client = openai.AsyncOpenAI(api_key=tokend.token_async, base_url=tokend.openai_base_url(),
+                            max_retries=0)
+agent = Agent(OpenAIChatModel("google/gemini-2.5-flash",
+                              provider=OpenAIProvider(openai_client=client)))
+
+async def main():
+    while True:
+        assert (await agent.run("hi")).output == "ok"
+
+asyncio.run(main())
+"""
+
+PYDANTIC_AI_PROXY = """
+import os
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+# The recipe: the proxy's base URL and key, read once.
+provider = OpenAIProvider(base_url=os.environ["OPENAI_BASE_URL"],
+                          api_key=os.environ["OPENAI_API_KEY"])
+agent = Agent(OpenAIChatModel("gemini-2.5-flash", provider=provider))
+while True:
+    assert agent.run_sync("hi").output == "ok"
+"""
+
+
+@pytest.mark.parametrize("way", ["callable key", "proxy"])
+def test_pydantic_ai(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
+    need("pydantic_ai")
+    if way == "proxy":
+        env = tool_env(daemon, **proxy_env(daemon))
+        script = PYDANTIC_AI_PROXY
+    else:
+        env = tool_env(daemon)
+        script = PYDANTIC_AI_CALLABLE
+    run_across_rotations(api, [sys.executable, "-c", script], env)
 
 
 # -- llm -------------------------------------------------------------------------------------
