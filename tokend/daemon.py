@@ -131,6 +131,10 @@ class Daemon:
         self._first_asked: dict[str, float] = {}
         self._reloading: asyncio.Task[None] | None = None
         self._watcher: Watcher | None = None
+        # Set by _watch_targets: the profiles each credentials file feeds, and the
+        # files we write (sinks, proxy.env).
+        self._creds_by_path: dict[Path, list[ProfileRefresher]] = {}
+        self._files: frozenset[Path] = frozenset()
         self._server: SocketServer | None = None
         self._proxy: Proxy | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -447,6 +451,16 @@ class Daemon:
         self._timers[key] = loop.call_later(delay, fire)
 
     def _watch_targets(self) -> list[Path]:
+        """What the watcher must report, and (as a side effect) the lookups that
+        :meth:`_on_path_changed` answers from: it runs for every event."""
+        self._creds_by_path = {}
+        for r in self.refreshers.values():
+            for p in r.source.watched_paths:
+                self._creds_by_path.setdefault(p, []).append(r)
+        self._files = frozenset(
+            [s.path for r in self.refreshers.values() for s in r.sinks]
+            + ([self._proxy.settings.env_path] if self._proxy is not None else [])
+        )
         targets = [self.config.runtime_path]
         if self.config_path is not None:
             targets.append(self.config_path)
@@ -467,19 +481,21 @@ class Daemon:
             self._debounced("config", self.reload)
         if self._proxy is not None and path == proxykeys.keys_path(self.config.state_path):
             self._debounced("keys", lambda: self._background(self._reload_keys()))
-        for name, r in self.refreshers.items():
-            if path in r.source.watched_paths:
-                self._debounced(
-                    f"creds:{name}", functools.partial(self._credentials_changed, r, path)
-                )
+        for r in self._creds_by_path.get(path, ()):
+            self._debounced(
+                f"creds:{r.name}", functools.partial(self._credentials_changed, r, path)
+            )
+        # Repair what was deleted: the runtime dir (or a directory on the way to it),
+        # the socket (or a directory on the way), one of our files. Our own writes
+        # (a rename onto each file) end with the file in place: nothing to repair, and
+        # no work per write that grows with the number of profiles.
         runtime = self.config.runtime_path
-        in_runtime = path == runtime or runtime in path.parents or path in runtime.parents
         sock = self._server.path if self._server is not None else self.config.socket_path
-        at_socket = sock is not None and (path == sock or path in sock.parents)
         if (
-            in_runtime
-            or at_socket
-            or any(path == s.path for r in self.refreshers.values() for s in r.sinks)
+            path == runtime
+            or path in runtime.parents
+            or (sock is not None and (path == sock or path in sock.parents))
+            or (path in self._files and not os.path.lexists(path))
         ):
             self._debounced("repair", self._repair)
 

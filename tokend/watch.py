@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from watchdog.events import (
@@ -71,17 +71,35 @@ class _Handler(FileSystemEventHandler):
         paths = [os.fsdecode(event.src_path)]
         if getattr(event, "dest_path", ""):
             paths.append(os.fsdecode(event.dest_path))
-        self.watcher._post([Path(p) for p in paths])
+        self.watcher._post(paths, event.is_directory)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """``/a/b/c`` → ``/a/b``, ``/a``, ``/``: string work only (paths are absolute and
+    normalised: the watcher's targets are, and inotify reports paths under them)."""
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        yield parent
+        path = parent
 
 
 class Watcher:
-    """Calls ``on_change(path)`` on the loop for each changed path among ``targets``
-    (or below a target directory)."""
+    """Calls ``on_change(path)`` on the loop for each changed path among ``targets``,
+    below a target directory, or above a target (a directory on the way to it).
+
+    An event finds its targets by string lookups in sets made once per
+    :meth:`set_targets`, so its cost does not grow with the number of targets (100
+    profiles have some 400); the watched directories are recomputed (a stat per
+    target) only after events on directories, the only ones that can change them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[Path], None]) -> None:
         self._loop = loop
         self._on_change = on_change
         self._targets: frozenset[Path] = frozenset()
+        self._names: frozenset[str] = frozenset()  # the targets, as strings
+        self._above: frozenset[str] = frozenset()  # every ancestor of a target
         self._dirs: dict[Path, object] = {}
         self._observer = Observer()
         self._observer.daemon = True
@@ -91,6 +109,8 @@ class Watcher:
     def set_targets(self, targets: Iterable[Path]) -> None:
         """Watch these files/directories (absolute paths). Safe to call repeatedly."""
         self._targets = frozenset(Path(os.path.abspath(t)) for t in targets)
+        self._names = frozenset(str(t) for t in self._targets)
+        self._above = frozenset(a for t in self._names for a in _ancestors(t))
         self._rearm()
 
     def start(self) -> None:
@@ -132,21 +152,25 @@ class Watcher:
                 log.debug("cannot watch %s: %s", d, err)
         return added
 
-    def _post(self, paths: list[Path]) -> None:
+    def _post(self, paths: list[str], is_directory: bool) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._dispatch, paths)
+            self._loop.call_soon_threadsafe(self._dispatch, paths, is_directory)
         except RuntimeError:
             pass  # loop closed during shutdown
 
-    def _dispatch(self, paths: list[Path]) -> None:
-        relevant = False
+    def _relevant(self, path: str) -> bool:
+        names = self._names
+        return path in names or path in self._above or any(a in names for a in _ancestors(path))
+
+    def _dispatch(self, paths: list[str], is_directory: bool = False) -> None:
+        rearm = False
         for p in paths:
-            for t in self._targets:
-                if p == t or t in p.parents or p in t.parents:
-                    self._on_change(p)
-                    relevant = True
-                    break
-        if not relevant:
+            if self._relevant(p):
+                self._on_change(Path(p))
+                # Only a directory coming or going (or a target's ancestor, whatever
+                # inotify called it) changes which directories must be watched.
+                rearm = rearm or is_directory or p in self._above
+        if not rearm:
             return
         added = self._rearm()
         # A file created right after its directory (`mkdir -p ~/.config/gcloud` then
