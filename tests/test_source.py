@@ -443,7 +443,49 @@ CORRUPT: dict[str, Callable[[Path, FakeGoogle], None]] = {
         '{"type": "impersonated_service_account"}'
     ),
     "a directory": lambda p, f: p.mkdir(),
+    "service account, key's CRT values disagree": lambda p, f: _with_key(p, f, _bad_crt_key()),
+    "service account, an EC key": lambda p, f: _with_key(p, f, _ec_key()),
+    "service account, no private_key": lambda p, f: _with_key(p, f, None),
 }
+
+
+def _with_key(path: Path, fake: FakeGoogle, pem: str | None) -> None:
+    """A service-account file as FakeGoogle writes it, with its private key replaced."""
+    fake.write_service_account(path)
+    info = json.loads(path.read_text())
+    if pem is None:
+        del info["private_key"]
+    else:
+        info["private_key"] = pem
+    path.write_text(json.dumps(info))
+
+
+def _pem(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _bad_crt_key() -> str:
+    """An RSA key that parses but whose iqmp is off by one: OpenSSL's check (which
+    tokend skips for its cost) would refuse it, and so must tokend's own."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_numbers()
+    bad = rsa.RSAPrivateNumbers(
+        good.p, good.q, good.d, good.dmp1, good.dmq1, good.iqmp + 1, good.public_numbers
+    )
+    return _pem(bad.private_key(unsafe_skip_rsa_key_validation=True))
+
+
+def _ec_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return _pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 @pytest.mark.parametrize("case", list(CORRUPT))
