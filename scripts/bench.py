@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,59 @@ class Plan:
     hold_streams: int
     hold_delay: float  # seconds the upstream waits before each event of a held stream
     socket_seconds: float  # the token socket's load next to the proxy's (row 14)
+    # many profiles (row 16)
+    profile_counts: tuple[int, ...]
+    profile_window: float  # seconds of each measurement window
+    profile_lifetime: int  # seconds a token lives: each window must see refreshes
 
 
-QUICK = Plan(3, 5, 15, 30, 20_000, 500, 1.5, 0.3, 6, 10.0, 2, 0.4, 0.15, 2, 50, 2, 200, 2.0, 1.0)
+QUICK = Plan(
+    gcloud_runs=3,
+    gauth_runs=5,
+    cli_runs=15,
+    sh_runs=30,
+    inproc_calls=20_000,
+    socket_calls=500,
+    load_seconds=1.5,
+    load_warmup=0.3,
+    clients=6,
+    idle_seconds=10.0,
+    adc_rewrites=2,
+    proxy_seconds=0.4,
+    proxy_warmup=0.15,
+    proxy_rounds=2,
+    ttfb_samples=50,
+    sse_rounds=2,
+    hold_streams=200,
+    hold_delay=2.0,
+    socket_seconds=1.0,
+    profile_counts=(1, 10),
+    profile_window=6.0,
+    profile_lifetime=5,
+)
 FULL = Plan(
-    20, 30, 100, 300, 200_000, 3_000, 5.0, 1.0, 100, 60.0, 5, 3.0, 0.5, 3, 500, 10, 1000, 6.0, 5.0
+    gcloud_runs=20,
+    gauth_runs=30,
+    cli_runs=100,
+    sh_runs=300,
+    inproc_calls=200_000,
+    socket_calls=3_000,
+    load_seconds=5.0,
+    load_warmup=1.0,
+    clients=100,
+    idle_seconds=60.0,
+    adc_rewrites=5,
+    proxy_seconds=3.0,
+    proxy_warmup=0.5,
+    proxy_rounds=3,
+    ttfb_samples=500,
+    sse_rounds=10,
+    hold_streams=1000,
+    hold_delay=6.0,
+    socket_seconds=5.0,
+    profile_counts=(1, 10, 100),
+    profile_window=30.0,
+    profile_lifetime=20,
 )
 
 # -- statistics and formatting ----------------------------------------------------------
@@ -1319,6 +1367,118 @@ class ProxyBench:
         )
 
 
+# -- 16: many profiles ----------------------------------------------------------------------
+
+
+def profiles_section(plan: Plan, report: Report) -> None:
+    """Row 16: ``tokend run`` with N service-account profiles of short-lived tokens (every
+    one rotates in each window), for each N
+    in the plan: start-up to ready, CPU per refresh (its ratio to one profile's), the
+    token socket's latency while they all rotate, RSS and open files."""
+    from tokend.testing import FakeGoogle
+
+    first: float | None = None
+    raw: dict[str, Any] = {}
+    for n in plan.profile_counts:
+        fake = FakeGoogle(lifetime=plan.profile_lifetime).start()
+        work = Path(tempfile.mkdtemp(prefix="tkn", dir="/tmp"))
+        daemon: subprocess.Popen[bytes] | None = None
+        try:
+            rt = work / "rt"
+            (work / "log").mkdir()
+            config = []
+            for i in range(n):
+                name = "default" if i == 0 else f"p{i}"
+                sa = fake.write_service_account(work / f"sa{i}.json", email=f"sa{i}@p.iam.x")
+                config.append(f'[profiles.{name}]\ncredentials = "{sa}"\n')
+            (work / "config.toml").write_text("".join(config))
+            env = {
+                **clean_env(),
+                **fake.env(),
+                "TOKEND_RUNTIME_DIR": str(rt),
+                "TOKEND_STATE_DIR": str(work / "state"),
+            }
+            files = [rt / "token.json"] + [rt / f"p{i}.token.json" for i in range(1, n)]
+            t0 = time.monotonic()
+            with open(work / "log" / "daemon.log", "wb") as log:
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "tokend", "run", "--config", str(work / "config.toml")],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=work / "log",
+                )
+            while not ((rt / "tokend.sock").exists() and all(f.exists() for f in files)):
+                if daemon.poll() is not None or time.monotonic() - t0 > 120:
+                    tail = (work / "log" / "daemon.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"tokend with {n} profiles did not start:\n{tail}")
+                time.sleep(0.01)
+            ready = time.monotonic() - t0
+            time.sleep(1.0)  # the start-up's own writes settle
+            # CPU per refresh: a window with no clients.
+            calls0, cpu0 = fake.calls["token"], proc_cpu(daemon.pid)
+            time.sleep(plan.profile_window)
+            cpu, calls = proc_cpu(daemon.pid) - cpu0, fake.calls["token"] - calls0
+            # The socket while they rotate: a second window, with clients.
+            calls1 = fake.calls["token"]
+            args = ["load", str(rt / "tokend.sock"), "4", str(plan.profile_window), "0.5", "500"]
+            ns = [t / 1e9 for t in worker(args, clean_env(), plan.profile_window + 60)["ns"]]
+            rotations = fake.calls["token"] - calls1
+            mem = proc_mem(daemon.pid)
+            fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        finally:
+            if daemon is not None and daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(10)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait()
+            fake.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        if calls == 0:
+            raise RuntimeError(f"{n} profiles: no refresh in {plan.profile_window:g} s")
+        per = cpu / calls
+        first = per if first is None else first
+        label = f"16. {n} profile{'s' if n > 1 else ''} ({plan.profile_lifetime} s tokens)"
+        big = n >= 100
+        report.add(
+            f"{label}: start-up to ready (the socket and every profile's token.json)",
+            fmt_s(ready),
+            NONE,
+            "≤ 2 s at 100 profiles" if big else NONE,
+            verdict(ready <= 2.0) if big else NONE,
+        )
+        report.add(
+            f"{label}: daemon CPU per refresh ({plan.profile_window:g} s without clients)",
+            fmt_s(per),
+            NONE,
+            "≤ 1.5x one profile's at 100" if big else NONE,
+            f"{calls} refreshes, CPU {cpu / plan.profile_window * 60:.2f} s a minute; "
+            f"x{ratio(per, first):.2f} one profile's"
+            + (f": {verdict(per <= 1.5 * first)}" if big else "")
+            + f"; VmRSS {mem['VmRSS']:.1f} MB, {fds} open files",
+        )
+        report.add(
+            f"{label}: socket `GET /v1/token` (4 clients, 500 req/s, Poisson) while they "
+            f"rotate ({rotations} refreshes in {plan.profile_window:g} s)",
+            fmt_s(pct(ns, 50)),
+            fmt_s(pct(ns, 99)),
+            "p99 < 5 ms",
+            f"max {fmt_s(max(ns))}, n={len(ns)}: {verdict(pct(ns, 99) < 5e-3)}",
+        )
+        raw[str(n)] = {
+            "ready": ready,
+            "cpu": cpu,
+            "refreshes": calls,
+            "rss_mb": mem["VmRSS"],
+            "fds": fds,
+            "socket": ns,
+        }
+    report.raw["profiles"] = raw
+
+
 def litellm_install() -> tuple[Path | None, str]:
     """``litellm`` in its own venv under ~/.cache (created on first use): (its console
     script, its version) or (None, why not)."""
@@ -1844,6 +2004,9 @@ def header(plan_name: str) -> str:
 
 def bench(plan: Plan, only: str = "", with_litellm: bool = False) -> Report:
     report = Report()
+    if only == "profiles":
+        profiles_section(plan, report)
+        return report
     if only != "proxy":
         b = Bench(plan, report)
         try:
@@ -1870,6 +2033,8 @@ def bench(plan: Plan, only: str = "", with_litellm: bool = False) -> Report:
         pb.run()
     finally:
         pb.stop()
+    if only != "proxy":
+        profiles_section(plan, report)
     return report
 
 
@@ -1885,7 +2050,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer samples, 10 s idle window (about 75 s)"
     )
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    ap.add_argument("--only", choices=["proxy"], help="only the proxy rows (10-15)")
+    ap.add_argument(
+        "--only",
+        choices=["proxy", "profiles"],
+        help="only the proxy rows (10-15), or only the many-profiles rows (16)",
+    )
+    ap.add_argument(
+        "--profiles",
+        metavar="N,N...",
+        help="profile counts for rows 16 (default: 1,10,100; --quick: 1,10)",
+    )
     ap.add_argument(
         "--with-litellm",
         action="store_true",
@@ -1914,6 +2088,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     head = header(name)
     try:
+        if args.profiles:
+            counts = tuple(int(c) for c in args.profiles.split(",") if c.strip())
+            plan = replace(plan, profile_counts=counts)
         report = bench(plan, args.only or "", args.with_litellm)
     except KeyboardInterrupt:
         print("bench: interrupted; processes stopped, temp files removed", file=sys.stderr)
