@@ -257,7 +257,9 @@ def install(command: Sequence[str], config: Path | None, *, dry_run: bool = Fals
         else:
             write_file(path, previous)
         if not _BOOTED.is_dir():
-            raise ServiceError(_NOT_SYSTEMD.format(pid1=_pid1(), done="; nothing was written"))
+            raise ServiceError(
+                _NOT_SYSTEMD.format(pid1=_pid1(), done="; nothing was written")
+            ) from None
         raise ServiceError(
             _NO_MANAGER.format(why=err.why, verb="install") + " Nothing was written."
         ) from None
