@@ -316,3 +316,66 @@ def test_shell_shim(d: Any, shell: str, short_tmp: Path) -> None:
     env = {**client_env(d), "TOKEND_RUNTIME_DIR": str(stale)}
     out = subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout == "0|ya29.short-lived|unset", out.stderr
+
+
+# -- the quick path: token and env parsed without argparse ------------------------------
+
+QUICK_ARGV = [
+    ["token"],
+    ["token", "-p", "work"],
+    ["token", "--profile=work", "--min-valid", "600"],
+    ["token", "--min-valid=12.5", "--format", "json"],
+    ["token", "--format=header", "-p", "x", "--min-valid", "1"],
+    ["env"],
+    ["env", "--proxy"],
+    ["env", "--format", "fish", "-p", "work", "--min-valid", "30"],
+    ["env", "--format=dotenv", "--proxy"],
+]
+#: What the quick path leaves to argparse (which parses or rejects it).
+ARGPARSE_ARGV = [
+    ["token", "--format", "yaml"],
+    ["token", "--min-valid", "soon"],
+    ["token", "-p"],
+    ["token", "-pwork"],
+    ["token", "--prof", "work"],
+    ["token", "--proxy"],
+    ["token", "extra"],
+    ["env", "--proxy=yes"],
+    ["env", "--help"],
+    ["status"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", QUICK_ARGV, ids=" ".join)
+def test_quick_path_parses_as_argparse_does(argv: list[str]) -> None:
+    from tokend import cli
+
+    quick = cli._quick_args(argv)
+    assert quick is not None
+    assert vars(quick) == vars(cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", ARGPARSE_ARGV, ids=lambda a: " ".join(a) or "(none)")
+def test_quick_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    from tokend import cli
+
+    assert cli._quick_args(argv) is None
+
+
+def test_quick_path_does_not_import_argparse(d: Any) -> None:
+    """``tokend token`` (the key-helper call) prints the token without loading
+    argparse; a usage error still gets argparse's message and exit 2."""
+    probe = (
+        "import sys, runpy; sys.argv = ['tokend', 'token']\n"
+        "try:\n    runpy.run_module('tokend', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('argparse' in sys.modules, code, file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=client_env(d)
+    )
+    assert out.stderr.strip().splitlines()[-1] == "False 0", out.stderr
+    assert out.stdout.strip() == file_token(d)
+    bad = tokend(d, "token", "--format", "yaml")
+    assert bad.returncode == 2 and "invalid choice: 'yaml'" in bad.stderr

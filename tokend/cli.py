@@ -7,7 +7,6 @@ inside the functions that need them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,6 +18,7 @@ from tokend.errors import ConfigError, TokendError, UnsafePathError
 # annotations that name them are never evaluated.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -334,6 +334,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="tokend",
         description="Keep a Google ADC access token fresh for every local program.",
@@ -471,10 +473,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What the quick path parses: each command's options, with their defaults (None: a flag)
+#: or allowed values.
+_QUICK: dict[str, tuple[Callable[[Any], int], dict[str, tuple[str, ...] | None]]] = {
+    "token": (cmd_token, {"--format": ("raw", "json", "header")}),
+    "env": (cmd_env, {"--format": ("sh", "fish", "dotenv", "json"), "--proxy": None}),
+}
+
+
+def _quick_args(argv: Sequence[str]) -> Any:
+    """``tokend token`` and ``tokend env`` as key helpers, shell prompts and loops call
+    them, parsed without argparse: importing it and building the parser would cost more
+    than reading the token. Only the plain spellings (``-p NAME``, ``--profile NAME``,
+    ``--min-valid N``, ``--format F``, ``--proxy``, and ``--opt=value``) are taken;
+    anything else returns None, and argparse parses it (and reports any error)."""
+    if not argv or argv[0] not in _QUICK:
+        return None
+    func, options = _QUICK[argv[0]]
+    args: dict[str, Any] = {"command": argv[0], "func": func, "profile": "default"}
+    args["min_valid"] = None
+    for name, allowed in options.items():
+        args[name[2:]] = allowed[0] if allowed else False
+    rest = list(argv[1:])
+    while rest:
+        opt = rest.pop(0)
+        if opt.startswith("--") and "=" in opt:
+            opt, value = opt.split("=", 1)
+            rest.insert(0, value)
+        if opt in options and options[opt] is None:  # a flag
+            args[opt[2:]] = True
+            continue
+        if not rest or (opt not in ("-p", "--profile", "--min-valid") and opt not in options):
+            return None
+        value = rest.pop(0)
+        if opt in ("-p", "--profile"):
+            if not value or value.startswith("-"):
+                return None
+            args["profile"] = value
+        elif opt == "--min-valid":
+            try:
+                args["min_valid"] = float(value)
+            except ValueError:
+                return None
+        elif value in (options[opt] or ()):
+            args[opt[2:]] = value
+        else:
+            return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokend`` console script. Returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _quick_args(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
