@@ -17,5 +17,8 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,tools]" >&2
     printf '%s' "$want" > "$stamp"
 fi
+# Bytecode for the package, as an installed wheel has it: with PYTHONDONTWRITEBYTECODE
+# set (some machines do), each `tokend token` would compile the edited modules again.
+"$VENV/bin/python" -m compileall -q "$ROOT/tokend" >&2
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
