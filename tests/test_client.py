@@ -124,6 +124,32 @@ def test_new_file_seen_on_the_next_call(rt: Path) -> None:
     assert client.token() == "ya29.second"
 
 
+def test_the_config_is_looked_at_again_once_the_file_changes(
+    rt: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the file read last stays as it was, a call is one stat of it; a config that
+    moves the sink is followed as soon as that file changes or goes (the daemon removes
+    a moved sink's file), and a changed TOKEND_RUNTIME_DIR at once."""
+    write_token(rt / "token.json", "ya29.first")
+    assert client.token() == "ya29.first"
+    moved = short_tmp / "moved"
+    moved.mkdir(mode=0o700)
+    write_token(moved / "tok.json", "ya29.moved")
+    config = short_tmp / "none.toml"  # the path TOKEND_CONFIG names, absent until now
+    config.write_text(
+        f'[[profiles.default.sinks]]\npath = "{moved}/tok.json"\nformat = "json"\n'
+    )
+    assert client.token() == "ya29.first"  # the same file, still valid: one stat
+    (rt / "token.json").unlink()
+    assert client.token() == "ya29.moved"
+    config.unlink()
+    other = short_tmp / "other"
+    other.mkdir(mode=0o700)
+    write_token(other / "token.json", "ya29.other")
+    monkeypatch.setenv("TOKEND_RUNTIME_DIR", str(other))
+    assert client.token() == "ya29.other"
+
+
 def test_other_profiles_read_their_own_file(rt: Path) -> None:
     write_token(rt / "token.json", "ya29.default")
     write_token(rt / "work.token.json", "ya29.work", profile="work")
