@@ -79,3 +79,17 @@ def test_the_walk_sees_lazy_and_type_checking_imports() -> None:
     graph = {"a": {"b"}, "b": {"a"}}
     assert find_cycle(graph) == ["a", "b", "a"]
     assert "tokend.sinks" in import_graph()["tokend.refresher"]
+
+
+def test_the_daemon_starts_without_prometheus_client_or_platformdirs() -> None:
+    """What the daemon imports before it serves: prometheus_client loads at the first
+    scrape of /metrics, platformdirs never (tokend.paths computes the same places)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, tokend.daemon, tokend.cli\n"
+        "print(sorted(m for m in ('prometheus_client', 'platformdirs') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -188,7 +188,7 @@ class Endpoints:
 
     def count(self, path: str, status: int) -> None:
         """One request answered (``path``: one of :data:`PATHS`, else ``other``)."""
-        self.metrics.requests.labels(path if path in PATHS else "other", str(status)).inc()
+        self.metrics.requests[path if path in PATHS else "other", str(status)] += 1
 
     def state_changed(self, r: ProfileRefresher) -> None:
         """A profile's state changed (the daemon calls this): count it, and wake every

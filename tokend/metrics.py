@@ -2,16 +2,16 @@
 
 Per-profile numbers are read from the refreshers at scrape time; refresh and failure
 counts are accumulated from state changes (:meth:`Metrics.observe`); requests are counted
-by the front ends, per path and status.
+by the front ends, per path and status, in plain dictionaries (an increment is one dict
+update). prometheus_client renders the text at the first scrape and is imported only
+then: it is not on the daemon's start-up path.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tokend import clock
 from tokend.refresher import ProfileRefresher
@@ -23,7 +23,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    """The registry behind ``/metrics``.
+    """The numbers behind ``/metrics``.
 
     Args:
         refreshers: the daemon's live map of profiles (read at every scrape).
@@ -31,27 +31,23 @@ class Metrics:
 
     def __init__(self, refreshers: Mapping[str, ProfileRefresher]) -> None:
         self.refreshers = refreshers
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "tokend_requests",
-            "Socket API requests by path and HTTP status.",
-            ["path", "status"],
-            registry=self.registry,
-        )
-        self.proxy_requests = Counter(
-            "tokend_proxy_requests",
-            "Local proxy requests by local key name and HTTP status.",
-            ["key", "status"],
-            registry=self.registry,
-        )
+        #: Socket API requests: (path, status) -> count.
+        self.requests: Counter[tuple[str, str]] = Counter()
+        #: Local proxy requests: (key name, status) -> count.
+        self.proxy_requests: Counter[tuple[str, str]] = Counter()
         self.refreshes: dict[str, int] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self._last: dict[str, tuple[float | None, int]] = {}
-        self.registry.register(self)
+        self._registry: Any = None
 
     def text(self) -> bytes:
         """The whole exposition, as ``/metrics`` answers it."""
-        return bytes(generate_latest(self.registry))
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self)
+        return bytes(generate_latest(self._registry))
 
     def observe(self, r: ProfileRefresher) -> None:
         """Called on every state change of a profile: count what changed since the
@@ -66,7 +62,27 @@ class Metrics:
         self._last[r.name] = (r.last_refresh, r.consecutive_failures)
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         now = clock.steady()
+        for name, doc, labels, counts in (
+            (
+                "tokend_requests",
+                "Socket API requests by path and HTTP status.",
+                ["path", "status"],
+                self.requests,
+            ),
+            (
+                "tokend_proxy_requests",
+                "Local proxy requests by local key name and HTTP status.",
+                ["key", "status"],
+                self.proxy_requests,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for values, n in sorted(counts.items()):
+                family.add_metric(list(values), n)
+            yield family
         refreshes = CounterMetricFamily(
             "tokend_refreshes", "Successful token refreshes.", labels=["profile"]
         )

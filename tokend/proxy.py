@@ -539,7 +539,7 @@ class Proxy:
             self._count(call.key, status)
 
     def _count(self, key: str, status: int) -> None:
-        self.metrics.proxy_requests.labels(key, str(status)).inc()
+        self.metrics.proxy_requests[key, str(status)] += 1
 
     async def _handle(self, request: web.BaseRequest, call: _Call) -> web.StreamResponse:
         self._check_request(request, call)
