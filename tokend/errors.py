@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         "refresh_failed",
         "internal_error",
         "sink_write_failed",
+        "id_token_unsupported",
     ]
 
 __all__ = [
@@ -73,6 +74,9 @@ REASONS: dict[str, str] = {
     "internal_error": "a bug in tokend (logged with its traceback)",
     # The token is fine, its files are not.
     "sink_write_failed": "a token file could not be written",
+    # A person must act (CredentialsError): these credentials cannot mint ID tokens.
+    "id_token_unsupported": "user or external-account credentials cannot mint ID tokens "
+    "for an audience: set impersonate to a service account",
 }
 
 
@@ -87,6 +91,8 @@ ADVICE: dict[str, str] = {
     "`gcloud auth application-default login`) or fix the profile's `credentials` path",
     "credentials_invalid": "replace the credentials file (for ADC: "
     "`gcloud auth application-default login`)",
+    "id_token_unsupported": 'set impersonate = "SA@PROJECT.iam.gserviceaccount.com" in the '
+    "profile (your account needs roles/iam.serviceAccountTokenCreator on it)",
 }
 
 

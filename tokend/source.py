@@ -24,6 +24,7 @@ rest of the daemon must not have to know about google-auth:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -33,6 +34,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +61,7 @@ from tokend.token import Token
 # google-auth ships py.typed but leaves most functions unannotated; each call to one
 # carries a `type: ignore[no-untyped-call]`.
 
-__all__ = ["CREDENTIAL_TYPES", "Source", "describe_credentials"]
+__all__ = ["CREDENTIAL_TYPES", "Source", "describe_credentials", "read_jwt_claims"]
 
 #: Credential file types tokend can refresh (``metadata`` is not a file type).
 CREDENTIAL_TYPES = (
@@ -88,7 +90,7 @@ class _Response:
     host: str
     status: int
     error: str  #: OAuth ``error`` / Google API ``error.status``, "" if none or unsafe
-    iam: bool = False  #: an IAM generateAccessToken call (impersonation)
+    iam: bool = False  #: an IAM generateAccessToken or generateIdToken call (impersonation)
 
 
 class _Abort(Exception):
@@ -166,7 +168,8 @@ class _OneShotTransport(google.auth.transport.Request):
             raise _Abort(why, None, host, timed_out=timed_out) from None
         status = int(response.status)
         error = _error_code(response.data) if status != 200 else ""
-        self.last = _Response(host, status, error, iam=":generateAccessToken" in url)
+        iam = ":generateAccessToken" in url or ":generateIdToken" in url
+        self.last = _Response(host, status, error, iam=iam)
         if status >= 500 or status in _RETRYABLE_STATUSES:
             raise _Abort(f"HTTP {status}", self.last)
         if status != 200 and error in _RETRYABLE_OAUTH_ERRORS:
@@ -361,12 +364,7 @@ class Source:
                 ``credentials_missing``, ``credentials_invalid``).
         """
         with self._lock:
-            if self._stale or self._credentials is None:
-                self._stale = False
-                self._credentials = None
-                self._credentials = self._load()
-            credentials, transport = self._credentials, self._transport
-            generation, credentials_id = self._generation, self._credentials_id
+            credentials, transport, generation, credentials_id = self._loaded()
         if self._subject_file is not None:
             self._check_subject_file(self._subject_file)
         # The network part holds no lock, so abandon() never waits for it.
@@ -386,7 +384,53 @@ class Source:
             self.account = _account_of(credentials)
             return self._token(credentials, time.monotonic() - started, credentials_id)
 
+    def fetch_id_token(self, audience: str) -> Token:
+        """Mint an ID token whose ``aud`` is ``audience``: one attempt, no retries.
+
+        Through the profile's credentials: a service-account key signs a JWT-bearer
+        grant with ``target_audience`` at its token endpoint; impersonation (the
+        ``impersonate`` setting or an ``impersonated_service_account`` file) calls IAM
+        ``generateIdToken`` with the source credentials' access token, at the profile's
+        ``iam_endpoint`` when set; the metadata server answers its ``identity`` path.
+        User and external-account credentials cannot mint one: a ``CredentialsError``
+        (``id_token_unsupported``) names the ``impersonate`` fix, before any request.
+
+        The answer is a JWT: checked for its shape, size and characters, ``aud`` and
+        ``exp`` read from it (bounded), before it becomes a :class:`Token` with
+        ``audience`` set.
+
+        Raises:
+            RefreshError, CredentialsError: as :meth:`fetch`.
+        """
+        with self._lock:
+            credentials, transport, generation, credentials_id = self._loaded()
+        mint = self._id_minter(credentials, audience)
+        transport.reset()
+        started = time.monotonic()
+        try:
+            value = mint(transport)
+        except _Abort as abort:
+            raise self._retryable(abort) from None
+        except Exception as exc:  # every failure is classified; none escapes raw
+            raise self._classify(exc, transport) from None
+        with self._lock:
+            if generation != self._generation:
+                raise RefreshError(
+                    "the fetch was abandoned by its caller", retryable=True, reason="abandoned"
+                )
+            took = time.monotonic() - started
+            return self._id_token(value, audience, took, credentials_id, _account_of(credentials))
+
     # -- loading ----------------------------------------------------------------------
+
+    def _loaded(self) -> tuple[Any, _OneShotTransport, int, str]:
+        """``(credentials, transport, generation, credentials_id)``, loading the
+        credentials first if needed. Call with ``_lock`` held."""
+        if self._stale or self._credentials is None:
+            self._stale = False
+            self._credentials = None
+            self._credentials = self._load()
+        return self._credentials, self._transport, self._generation, self._credentials_id
 
     def _load(self) -> Any:
         if self._file is None or not self._uses_file():
@@ -545,6 +589,141 @@ class Source:
         quoted = urllib.parse.quote(target, safe="@")
         return f"{base.rstrip('/')}/v1/projects/-/serviceAccounts/{quoted}:generateAccessToken"
 
+    # -- ID tokens --------------------------------------------------------------------
+
+    def _id_minter(self, credentials: Any, audience: str) -> Callable[[Any], str]:
+        """How these credentials mint an ID token: a call taking the transport and
+        returning the token. No I/O here.
+
+        Raises:
+            CredentialsError: these credentials cannot mint one (``id_token_unsupported``).
+        """
+        from google.oauth2 import service_account
+
+        if isinstance(credentials, google.auth.impersonated_credentials.Credentials):
+            return lambda transport: self._generate_id_token(credentials, audience, transport)
+        id_credentials: Any
+        if isinstance(credentials, service_account.Credentials):
+            id_credentials = service_account.IDTokenCredentials(  # type: ignore[no-untyped-call]
+                credentials.signer,
+                service_account_email=credentials.service_account_email,
+                token_uri=credentials._token_uri,  # the profile's token_uri, when set
+                target_audience=audience,
+                quota_project_id=credentials.quota_project_id,
+                universe_domain=credentials.universe_domain,
+            )
+        elif isinstance(credentials, google.auth.compute_engine.Credentials):
+            id_credentials = google.auth.compute_engine.IDTokenCredentials(  # type: ignore[no-untyped-call]
+                None, audience, use_metadata_identity_endpoint=True
+            )
+        else:
+            raise self._no_id_tokens()
+
+        def mint(transport: Any) -> str:
+            id_credentials.refresh(transport)
+            return str(id_credentials.token)
+
+        return mint
+
+    def _generate_id_token(self, credentials: Any, audience: str, transport: Any) -> str:
+        """IAM ``generateIdToken`` for the impersonated account, through our transport.
+
+        google-auth's ``impersonated_credentials.IDTokenCredentials`` is not used: it
+        always calls ``iam._IAM_IDTOKEN_ENDPOINT`` (Google's, with the account's
+        universe domain), so the profile's ``iam_endpoint`` could not be honoured, and
+        it posts through an ``AuthorizedSession`` of its own, past this transport's
+        timeouts and its one-attempt rule. The URL here is ``iam_endpoint``'s (a base,
+        or a full ``:generateAccessToken`` URL whose verb is swapped), else Google's."""
+        import google.auth.iam
+
+        source = credentials._source_credentials
+        if not source.valid:
+            source.refresh(transport)
+        target = credentials._target_principal
+        base = self.profile.iam_endpoint
+        override = credentials._iam_endpoint_override or ""
+        if base and ":generateAccessToken" not in base:
+            quoted = urllib.parse.quote(target, safe="@")
+            url = f"{base.rstrip('/')}/v1/projects/-/serviceAccounts/{quoted}:generateIdToken"
+        elif base or override:
+            url = (base or override).replace(":generateAccessToken", ":generateIdToken")
+        else:
+            url = google.auth.iam._IAM_IDTOKEN_ENDPOINT.replace(
+                google.auth.credentials.DEFAULT_UNIVERSE_DOMAIN, credentials.universe_domain
+            ).format(urllib.parse.quote(target, safe="@"))
+        body: dict[str, Any] = {"audience": audience, "includeEmail": True}
+        if credentials._delegates:
+            body["delegates"] = list(credentials._delegates)
+        response = transport(
+            url,
+            method="POST",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {source.token}"},
+        )
+        if int(response.status) != 200:
+            # Classified from the transport's record of this answer (an IAM refusal
+            # names roles/iam.serviceAccountTokenCreator).
+            raise google.auth.exceptions.RefreshError("generateIdToken was refused")  # type: ignore[no-untyped-call]
+        answer = json.loads(response.data)
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str):
+            raise ValueError("no token in the answer")
+        return token
+
+    def _no_id_tokens(self) -> CredentialsError:
+        kind = self.credential_type or "these"
+        who = "user credentials" if kind.endswith("authorized_user") else f"{kind} credentials"
+        return CredentialsError(
+            f"{who} ({kind}) cannot mint ID tokens for an audience; set impersonate = "
+            f'"SA@PROJECT.iam.gserviceaccount.com" in [profiles.{self.name}] to mint them as '
+            "that service account (your account needs roles/iam.serviceAccountTokenCreator "
+            "on it)",
+            reason="id_token_unsupported",
+        )
+
+    def _id_token(
+        self, value: str, audience: str, took: float, credentials_id: str, account: str
+    ) -> Token:
+        """The minted ID token as a :class:`Token`, after checking it: a JWT (three
+        base64url parts, at most ``MAX_TOKEN_LENGTH`` characters in all) whose claims
+        are a JSON object with ``aud`` = ``audience`` and a plausible ``exp``; the email
+        it names becomes the account when it looks like one."""
+        try:
+            claims = read_jwt_claims(value)
+        except ValueError as err:
+            raise self._bad_response(f"with an unusable ID token ({err})") from None
+        aud = claims.get("aud")
+        if aud != audience and not (isinstance(aud, list) and audience in aud):
+            raise self._bad_response("with an ID token for another audience")
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise self._bad_response("with an ID token without a numeric exp")
+        wall, steady = clock.now(), clock.steady()
+        expires_in = exp - wall
+        if isinstance(iat, int | float) and not isinstance(iat, bool) and iat <= exp:
+            # Never believe it lives longer than it was issued for: our clock may be
+            # behind the issuer's. (Short of that, exp - now is what is left.)
+            expires_in = min(expires_in, exp - iat - max(0.0, took))
+        try:
+            wire.check_lifetime(expires_in)
+        except ValueError as err:
+            raise self._bad_response(f"with an implausible expiry ({err})") from None
+        email = claims.get("email")
+        if isinstance(email, str) and _EMAIL.fullmatch(email):
+            account = email
+        self.account = account
+        return Token.received(
+            value,
+            expires_in,
+            wall=wall,
+            steady=steady,
+            profile=self.name,
+            account=account,
+            scopes=(),
+            credentials_id=credentials_id,
+            audience=audience,
+        )
+
     # -- results and errors -----------------------------------------------------------
 
     def _token(self, credentials: Any, took: float, credentials_id: str) -> Token:
@@ -673,6 +852,32 @@ class Source:
         if self.credential_type in ("authorized_user", "external_account_authorized_user"):
             return f"log in again or replace {self._file} ({LOGIN} and copy the new file there)"
         return f"replace {self._file} (profiles.{self.name}.credentials) with valid credentials"
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,128}@[A-Za-z0-9.\-]{1,190}")
+_JWT = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+
+
+def read_jwt_claims(value: object) -> dict[str, Any]:
+    """The claims of a JWT, unverified (the signature is the audience's business; we
+    only hand the token on), after checking that it is one: a string of at most
+    ``wire.MAX_TOKEN_LENGTH`` characters, three non-empty base64url parts, a JSON
+    object in the middle one.
+
+    Raises:
+        ValueError: not such a JWT (the message never holds the token).
+    """
+    value = wire.check_token(value)
+    if not _JWT.fullmatch(value):
+        raise ValueError("not a JWT (three base64url parts)")
+    part = value.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("its claims are not base64url JSON") from None
+    if not isinstance(claims, dict):
+        raise ValueError("its claims are not a JSON object")
+    return claims
 
 
 _IMPERSONATION_TARGET = re.compile(r"serviceAccounts/([^/:]+@[^/:]+):generateAccessToken")

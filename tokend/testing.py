@@ -4,8 +4,11 @@
 
 - the OAuth token endpoint (``refresh_token`` and JWT-bearer grants),
 - the GCE metadata server (``Metadata-Flavor: Google``),
-- IAM Credentials ``generateAccessToken`` (impersonation) and
-- STS token exchange (workload identity federation, ``external_account``)
+- IAM Credentials ``generateAccessToken`` and ``generateIdToken`` (impersonation),
+- STS token exchange (workload identity federation, ``external_account``) and
+- ID tokens: RS256-signed JWTs for the JWT-bearer grant with ``target_audience``, for
+  ``generateIdToken`` and for the metadata server's ``identity``, with the certificates
+  to verify them at :attr:`FakeGoogle.certs_url`
 
 for the real google-auth library to talk to it, with knobs to make it fail, hang, answer
 garbage or revoke grants and tokens.
@@ -58,6 +61,10 @@ _ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S1
 _METADATA_SA = "/computeMetadata/v1/instance/service-accounts/"
 _IAM_PREFIX = "/v1/projects/-/serviceAccounts/"
 _IAM_SUFFIX = ":generateAccessToken"
+_IAM_ID_SUFFIX = ":generateIdToken"
+_CERTS_PATH = "/oauth2/v1/certs"
+#: Token requests that answer with an ID token (see FakeGoogle.calls).
+_ID_KINDS = frozenset({"id_token", "iam_id", "identity"})
 _GARBAGE = b"<html><body>502 Bad Gateway (fake)</body></html>"
 
 
@@ -110,6 +117,65 @@ def _service_account_key() -> tuple[str, str, Any]:
             ).decode()
             _KEY = (secrets.token_hex(20), pem, key.public_key())
         return _KEY
+
+
+# The key FakeGoogle signs ID tokens with (Google's own, in real life), and the
+# self-signed certificate it serves for it, as Google serves its certs for verify_token().
+_ID_KEY: tuple[str, Any, str] | None = None  # (key id, private key, certificate PEM)
+
+
+def _id_token_key() -> tuple[str, Any, str]:
+    global _ID_KEY
+    with _KEY_LOCK:
+        if _ID_KEY is None:
+            import datetime as dt
+
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+            from cryptography.x509.oid import NameOID
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-google-id-tokens")])
+            now = datetime.now(UTC)
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=1))
+                .not_valid_after(now + dt.timedelta(days=30))
+                .sign(key, hashes.SHA256())
+            )
+            pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+            _ID_KEY = (secrets.token_hex(20), key, pem)
+        return _ID_KEY
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _sign_jwt(claims: dict[str, Any]) -> str:
+    """An RS256 JWT of ``claims``, signed with the fake's ID-token key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    kid, key, _ = _id_token_key()
+    head = _b64url(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}).encode())
+    body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{_b64url(signature)}"
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, unverified ({} if it is not one)."""
+    try:
+        claims = json.loads(_b64url_decode(token.split(".")[1]))
+    except (ValueError, IndexError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _b64url_decode(part: str) -> bytes:
@@ -395,7 +461,8 @@ class FakeGoogle(_Base):
             fractional values are fine, ``expires_in`` is sent rounded up).
 
     Every token-issuing request (OAuth token endpoint, metadata token, IAM
-    ``generateAccessToken``, STS) is counted in :attr:`calls`, :attr:`arrivals` and
+    ``generateAccessToken``, STS; ID tokens as ``id_token``, ``iam_id`` and
+    ``identity``) is counted in :attr:`calls`, :attr:`arrivals` and
     :attr:`call_log` and is subject to the fault knobs (:meth:`fail`, :meth:`hang`,
     :meth:`garbage`, :meth:`invalid_grant`, :meth:`trickle`, :meth:`bad_token`,
     :meth:`bad_expires_in`). :meth:`refuse` and :meth:`accept` close
@@ -419,6 +486,9 @@ class FakeGoogle(_Base):
         self._refresh_tokens: dict[str, tuple[str, str, str]] = {}  # -> (who, id, secret)
         self._subject_tokens: dict[str, str] = {}  # external subject token -> identity
         self._public_keys: dict[str, Any] = {}  # key id -> RSA public key
+        #: Every ID token issued (also in :meth:`secrets`), in order.
+        self.id_tokens_issued: list[str] = []
+        self._id_tokens: dict[str, tuple[str, str]] = {}  # ID token -> (identity, audience)
 
     # -- addresses --------------------------------------------------------------------
 
@@ -437,6 +507,12 @@ class FakeGoogle(_Base):
     @property
     def sts_uri(self) -> str:
         return f"{self.url}/sts"
+
+    @property
+    def certs_url(self) -> str:
+        """Where the certificates of the ID tokens' signing key are served (the
+        ``certs_url`` of ``google.oauth2.id_token.verify_token``)."""
+        return f"{self.url}{_CERTS_PATH}"
 
     def impersonation_url(self, email: str) -> str:
         """The full ``generateAccessToken`` URL for ``email`` (as in credential files)."""
@@ -523,6 +599,11 @@ class FakeGoogle(_Base):
             entry = self._tokens.get(token)
         return entry[0] if entry else None
 
+    def id_token_of(self, token: str) -> tuple[str, str] | None:
+        """``(identity, audience)`` of an ID token this fake issued, else None."""
+        with self._lock:
+            return self._id_tokens.get(token)
+
     def expires_at(self, token: str) -> float | None:
         """When a token this fake issued expires (epoch seconds), else None."""
         with self._lock:
@@ -544,6 +625,7 @@ class FakeGoogle(_Base):
             for refresh_token, (_, _, client_secret) in self._refresh_tokens.items():
                 found += [refresh_token, client_secret]
             found += list(self._subject_tokens)
+            found += list(self.id_tokens_issued)
             has_key = bool(self._public_keys)
         if has_key:
             pem = _service_account_key()[1]
@@ -656,6 +738,27 @@ class FakeGoogle(_Base):
             self.issued.append(value)
         return value, expires_in, expires_at
 
+    def _issue_id_token(self, identity: str, audience: str, lifetime: float | None = None) -> str:
+        """A new RS256 ID token for ``identity`` with ``aud`` = ``audience``, living
+        :attr:`lifetime` seconds (``lifetime``, when given, may be anything: a knob)."""
+        iat = int(time.time())
+        life = max(1, math.ceil(self.lifetime)) if lifetime is None else lifetime
+        claims = {
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "azp": identity,
+            "sub": str(int(hashlib.sha256(identity.encode()).hexdigest()[:15], 16)),
+            "email": identity,
+            "email_verified": True,
+            "iat": iat,
+            "exp": iat + life,
+        }
+        value = _sign_jwt(claims)
+        with self._lock:
+            self._id_tokens[value] = (identity, audience)
+            self.id_tokens_issued.append(value)
+        return value
+
     def _oauth_token(self, identity: str, scope: str = "") -> dict[str, Any]:
         value, expires_in, _ = self._issue(identity)
         reply: dict[str, Any] = {
@@ -700,16 +803,22 @@ class FakeGoogle(_Base):
             status, body = 200, _GARBAGE
         elif fault.kind == "trickle":
             status, reply = handler()
-            data = json.dumps(reply).encode() if isinstance(reply, dict) else b""
+            if isinstance(reply, dict):
+                data = json.dumps(reply).encode()
+            else:
+                data = reply.encode() if isinstance(reply, str) else b""
             body = _Trickle(data, fault.seconds)
         elif fault.kind == "token":
             with self._lock:
                 self.issued.append(str(fault.value))
             status = 200
-            body = {"access_token": fault.value, "expires_in": 3600, "token_type": "Bearer"}
+            body = _bad_token_reply(kind, str(fault.value))
         elif fault.kind == "expires_in":
             status, reply = handler()
-            body = {**reply, "expires_in": fault.value} if isinstance(reply, dict) else reply
+            if kind in _ID_KINDS:
+                body = self._id_reply_expiring(kind, reply, fault.value)
+            else:
+                body = {**reply, "expires_in": fault.value} if isinstance(reply, dict) else reply
         else:
             status = 400
             body = {
@@ -720,6 +829,20 @@ class FakeGoogle(_Base):
             self.call_log.append((time.time(), kind, status))
         return status, body
 
+    def _id_reply_expiring(self, kind: str, reply: Body, seconds: float) -> Body:
+        """``reply`` (an ID token answer) with its ID token re-issued to expire in
+        ``seconds`` (the ``bad_expires_in`` knob for ID tokens)."""
+        token = reply if isinstance(reply, str) else ""
+        if isinstance(reply, dict):
+            token = str(reply.get("id_token") or reply.get("token") or "")
+        known = self.id_token_of(token)
+        if known is None:
+            return reply
+        value = self._issue_id_token(*known, lifetime=seconds)
+        if kind == "identity":
+            return value
+        return {"id_token": value} if kind == "id_token" else {"token": value}
+
     def _route(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, Body, dict[str, str]]:
@@ -727,11 +850,25 @@ class FakeGoogle(_Base):
         lower = {k.lower(): v for k, v in headers.items()}
         if url.path == "/" or url.path.startswith("/computeMetadata/"):
             return self._metadata(method, url, lower)
+        if url.path == _CERTS_PATH and method == "GET":
+            kid, _, pem = _id_token_key()
+            return 200, {kid: pem}, {}
         if method != "POST":
             return 405, {"error": "method_not_allowed"}, {}
         if url.path == "/token":
             form = _form(body)
-            return (*self._token_request("token", lambda: self._token_grant(form)), {})
+            # Google's one token endpoint answers an ID token for a JWT-bearer grant
+            # whose assertion names a target_audience; counted as "id_token".
+            kind = (
+                "id_token"
+                if "target_audience" in _jwt_claims(form.get("assertion", ""))
+                else "token"
+            )
+            return (*self._token_request(kind, lambda: self._token_grant(form)), {})
+        if url.path.startswith("/iam" + _IAM_PREFIX) and url.path.endswith(_IAM_ID_SUFFIX):
+            email = urllib.parse.unquote(url.path[len("/iam" + _IAM_PREFIX) : -len(_IAM_ID_SUFFIX)])
+            auth = lower.get("authorization", "")
+            return (*self._token_request("iam_id", lambda: self._iam_id(email, auth, body)), {})
         if url.path == "/sts":
             form = _form(body)
             return (*self._token_request("sts", lambda: self._sts(form)), {})
@@ -763,6 +900,11 @@ class FakeGoogle(_Base):
                 return 400, {"error": "invalid_grant", "error_description": "Bad JWT signature."}
             if float(claims.get("exp", 0)) < time.time():
                 return 400, {"error": "invalid_grant", "error_description": "Expired JWT."}
+            audience = claims.get("target_audience")
+            if audience is not None:
+                if not isinstance(audience, str) or not audience:
+                    return 400, {"error": "invalid_request", "error_description": "audience"}
+                return 200, {"id_token": self._issue_id_token(claims["iss"], audience)}
             return 200, self._oauth_token(claims["iss"], str(claims.get("scope", "")))
         return 400, {"error": "unsupported_grant_type", "error_description": f"{grant!r}"}
 
@@ -800,6 +942,33 @@ class FakeGoogle(_Base):
         expire_time = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return 200, {"accessToken": value, "expireTime": expire_time}
 
+    def _iam_id(self, email: str, authorization: str, body: bytes) -> Reply:
+        """IAM ``generateIdToken``: an ID token for ``email``, for a caller holding a
+        live access token (as google-auth and tokend send it: JSON with ``audience``)."""
+        caller = authorization.removeprefix("Bearer ").strip()
+        if not authorization.startswith("Bearer ") or not self.is_valid(caller):
+            return 401, {
+                "error": {
+                    "code": 401,
+                    "message": "Request had invalid authentication credentials.",
+                    "status": "UNAUTHENTICATED",
+                }
+            }
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = None
+        audience = request.get("audience") if isinstance(request, dict) else None
+        if not isinstance(audience, str) or not audience:
+            return 400, {
+                "error": {
+                    "code": 400,
+                    "message": "audience is required",
+                    "status": "INVALID_ARGUMENT",
+                }
+            }
+        return 200, {"token": self._issue_id_token(email, audience)}
+
     def _metadata(
         self, method: str, url: urllib.parse.SplitResult, headers: dict[str, str]
     ) -> tuple[int, Body, dict[str, str]]:
@@ -827,6 +996,16 @@ class FakeGoogle(_Base):
                 return (*reply, dict(flavor))
             if leaf == "email":
                 return 200, self.metadata_account, {**flavor, "Content-Type": "application/text"}
+            if leaf == "identity":
+                query = urllib.parse.parse_qs(url.query)
+                audience = (query.get("audience") or [""])[-1]
+                if not audience:
+                    return 400, b"non-empty audience parameter required", flavor
+                reply = self._token_request(
+                    "identity",
+                    lambda: (200, self._issue_id_token(self.metadata_account, audience)),
+                )
+                return (*reply, {**flavor, "Content-Type": "text/html"})
             if leaf == "":
                 return (
                     200,
@@ -838,6 +1017,17 @@ class FakeGoogle(_Base):
                     flavor,
                 )
         return 404, b"Not Found", flavor
+
+
+def _bad_token_reply(kind: str, value: str) -> Body:
+    """The answer of the ``bad_token`` knob, in the shape of ``kind``'s endpoint."""
+    if kind == "identity":
+        return value
+    if kind == "id_token":
+        return {"id_token": value}
+    if kind == "iam_id":
+        return {"token": value}
+    return {"access_token": value, "expires_in": 3600, "token_type": "Bearer"}
 
 
 def _form(body: bytes) -> dict[str, str]:

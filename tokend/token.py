@@ -49,6 +49,8 @@ class Token:
     #: Which credentials minted it (:attr:`tokend.source.Source.credentials_id`), so a
     #: restart can tell whether a token on disk belongs to the credentials configured now.
     credentials_id: str = ""
+    #: An ID token's audience (its ``aud``); "" for an access token.
+    audience: str = ""
 
     @classmethod
     def received(
@@ -100,7 +102,18 @@ class Token:
     # -- renderings -----------------------------------------------------------------
 
     def as_dict(self, steady: float) -> dict[str, Any]:
-        """The ``/v1/token`` object (also the ``json`` file format)."""
+        """The ``/v1/token`` object (also the ``json`` file format); for an ID token,
+        the ``/v1/id_token`` object."""
+        if self.audience:
+            return wire.id_token_object(
+                self.value,
+                expires_at=self.expires_at,
+                expires_in=self.deadline - steady,
+                lifetime=self.lifetime,
+                profile=self.profile,
+                account=self.account,
+                audience=self.audience,
+            )
         return wire.token_object(
             self.value,
             expires_at=self.expires_at,
@@ -118,7 +131,7 @@ class Token:
             return self.value.encode()
         if fmt == "json":
             return (json.dumps(self.as_dict(steady), indent=2) + "\n").encode()
-        if fmt == "env":
+        if fmt == "env" and not self.audience:
             # No quotes and no spaces: the one dialect that systemd EnvironmentFile=,
             # docker --env-file and `set -a; . file` all read the same way (the value is
             # token68, checked on arrival, so it needs none).

@@ -24,9 +24,12 @@ __all__ = [
     "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "MIN_LIFETIME",
+    "check_audience",
     "check_lifetime",
     "check_token",
     "default_min_valid",
+    "id_token_object",
+    "read_id_token_object",
     "read_token_object",
     "stated_lifetime",
     "token_object",
@@ -127,6 +130,96 @@ def read_token_object(data: object) -> tuple[str, float, str, str, tuple[str, ..
         str(data.get("account") or ""),
         tuple(str(s) for s in scopes),
         str(data.get("credentials_id") or ""),
+    )
+
+
+# -- ID tokens ---------------------------------------------------------------------------
+
+#: An audience is at most this long: Cloud Run URLs and IAP client ids are ~100.
+MAX_AUDIENCE_LENGTH = 512
+#: What an audience may hold: enough for https URLs (with a path) and OAuth client ids
+#: (``123-abc.apps.googleusercontent.com``); no spaces, quotes, ``?``, ``#``, ``&``,
+#: ``$`` or control characters: it ends up in logs, status and metadata paths.
+_AUDIENCE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@%+=,")
+
+
+def check_audience(value: object) -> str:
+    """``value`` if it is an audience tokend mints ID tokens for, else
+    :class:`ValueError` saying what is allowed: an absolute ``https://`` URL with a
+    host (Cloud Run, IAP-protected apps, Cloud Functions), or a client id / custom
+    audience string (no ``://``) starting with a letter or digit; at most
+    :data:`MAX_AUDIENCE_LENGTH` characters of letters, digits and ``-._~:/@%+=,``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            "audience is missing; give the service's URL, e.g. https://my-service-abc-uc.a.run.app"
+        )
+    if len(value) > MAX_AUDIENCE_LENGTH:
+        raise ValueError(
+            f"audience is {len(value)} characters long (at most {MAX_AUDIENCE_LENGTH})"
+        )
+    if not _AUDIENCE.issuperset(value):
+        raise ValueError(
+            "audience holds characters an audience cannot have (allowed: letters, digits "
+            "and -._~:/@%+=,)"
+        )
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if scheme != "https" or not host or "@" in host or host.startswith((".", "-", ":")):
+            raise ValueError(
+                "audience must be an absolute https:// URL with a host (e.g. "
+                "https://my-service-abc-uc.a.run.app) or a client id"
+            )
+    elif not value[0].isalnum():
+        raise ValueError("audience must start with a letter or digit, or be an https:// URL")
+    return value
+
+
+def id_token_object(
+    value: str,
+    *,
+    expires_at: float,
+    expires_in: float,
+    lifetime: float,
+    profile: str,
+    account: str,
+    audience: str,
+) -> dict[str, Any]:
+    """The ``/v1/id_token`` answer (also an ID token's ``json`` file and ``tokend
+    id-token --format json``): like the token object, with ``id_token`` and
+    ``audience`` instead of ``access_token`` and ``scopes``."""
+    return {
+        "id_token": value,
+        "token_type": "Bearer",
+        "expires_at": format_time(expires_at),
+        "expires_in": max(0, int(expires_in)),
+        "lifetime": max(0, int(lifetime)),
+        "profile": profile,
+        "account": account,
+        "audience": audience,
+    }
+
+
+def read_id_token_object(data: object) -> tuple[str, float, str, str, str]:
+    """``(id_token, expires_at, profile, account, audience)`` from a ``/v1/id_token``
+    object, trusting nothing: the token must pass :func:`check_token`.
+
+    Raises:
+        ValueError: not such an object (the message never holds the token).
+    """
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    value = check_token(data.get("id_token"))
+    try:
+        expires_at = parse_time(str(data["expires_at"]))
+    except (KeyError, ValueError):
+        raise ValueError("expires_at is missing or not a time") from None
+    return (
+        value,
+        expires_at,
+        str(data.get("profile") or "default"),
+        str(data.get("account") or ""),
+        str(data.get("audience") or ""),
     )
 
 
