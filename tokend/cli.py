@@ -192,6 +192,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join([*cells, row[-1]]).rstrip())
     if status.get("proxy"):
         print(f"local proxy: {status['proxy']} (`tokend env --proxy` for its key)")
+    if status.get("metadata"):
+        host = status["metadata"]
+        print(f"metadata endpoint: http://{host} (GCE_METADATA_HOST={host})")
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
 
 
@@ -328,6 +331,59 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for check in checks:
             print(check.line())
     return EXIT_UNAVAILABLE if failed else EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """``tokend health``: ``GET /healthz`` on the socket; exit 0 when every profile holds
+    a valid token, else 1 with the reason on stderr. For probes and a container's
+    HEALTHCHECK, which run it without a shell."""
+    from tokend import client
+
+    path = client.socket_path(config=args.config)
+    if path is None:
+        print('tokend: health: the socket is turned off (socket.path = "")', file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        status, body = client._get(path, "/healthz", args.timeout)
+    except (client.TokenUnavailable, client._SocketError) as err:  # not running, refused
+        print(f"tokend: health: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if status == 200:
+        return EXIT_OK
+    detail = body.get("detail") if isinstance(body, dict) else None
+    print(f"tokend: health: HTTP {status}: {detail or body}", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """``tokend deploy kubernetes``: print manifests, as ``install --dry-run`` prints the
+    unit; nothing is applied."""
+    from pathlib import Path
+
+    from tokend.service import kubernetes
+
+    if args.proxy_key_secret:
+        print(kubernetes.to_yaml([kubernetes.proxy_key_secret()], ["a new proxy key"]), end="")
+        return EXIT_OK
+    config = Path(args.config).expanduser().absolute() if args.config else None
+    opts = kubernetes.Options(
+        image=args.image,
+        config=config,
+        profile=args.profile,
+        proxy=args.proxy,
+        credentials=args.credentials,
+        audience=args.audience,
+        token_audience=args.token_audience,
+        kind=args.kind,
+        app_image=args.app_image,
+    )
+    try:
+        header, docs = kubernetes.render(opts)
+    except ConfigError as err:
+        print(f"tokend: deploy: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(kubernetes.to_yaml(docs, header), end="")
+    return EXIT_OK
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -470,7 +526,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
     p.add_argument("--json", action="store_true", help="the checks as JSON")
     p.set_defaults(func=cmd_doctor)
+    add_container_commands(sub)
     return parser
+
+
+def add_container_commands(sub: Any) -> None:
+    """``tokend health`` (probes) and ``tokend deploy kubernetes`` (manifests)."""
+    from tokend.service.kubernetes import UID
+
+    p = sub.add_parser(
+        "health",
+        help="exit 0 when every profile holds a valid token (/healthz), else 1",
+        description="Ask the running tokend's /healthz on its socket; for Kubernetes "
+        "probes and Docker's HEALTHCHECK, which run it without a shell.",
+    )
+    p.add_argument("--config", metavar="PATH", help="config file (as for `tokend run`)")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="N", help="seconds (3)")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("deploy", help="print manifests to run tokend elsewhere (kubernetes)")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    k = targets.add_parser(
+        "kubernetes",
+        help="tokend as a native sidecar: a ConfigMap and a Deployment, Job or Pod",
+        description="Print Kubernetes manifests (nothing is applied): tokend as a native "
+        "sidecar (Kubernetes >= 1.29) sharing a memory-backed /run/tokend with the app, "
+        f"every container as uid {UID}. Pipe to `kubectl apply -f -` or merge the pod spec "
+        "into your own.",
+    )
+    k.add_argument("--image", default=f"tokend:{__version__}", help="tokend's image")
+    k.add_argument("--config", metavar="PATH", help="your config.toml: the profile to deploy")
+    k.add_argument("-p", "--profile", default="default", help="the profile (default: default)")
+    k.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the local proxy on 127.0.0.1:8789 (or the config's port); the app gets "
+        "OPENAI_BASE_URL and OPENAI_API_KEY (from the Secret --proxy-key-secret prints)",
+    )
+    k.add_argument(
+        "--credentials",
+        choices=("secret", "external-account", "metadata"),
+        default="secret",
+        help="a credentials file in a Secret (default); workload identity federation "
+        "with the pod's service-account token; or the metadata server (GKE)",
+    )
+    k.add_argument(
+        "--audience",
+        default="",
+        metavar="PROVIDER",
+        help="with external-account: //iam.googleapis.com/projects/N/locations/global/"
+        "workloadIdentityPools/POOL/providers/PROVIDER",
+    )
+    k.add_argument(
+        "--token-audience",
+        default="",
+        metavar="AUD",
+        help="the service-account token's audience (default: the provider's URL)",
+    )
+    k.add_argument("--kind", choices=("deployment", "job", "pod"), default="deployment")
+    k.add_argument("--app-image", default="your-app-image", help="the app container's image")
+    k.add_argument(
+        "--proxy-key-secret",
+        action="store_true",
+        help="print only a Secret holding a new proxy key (apply it once)",
+    )
+    k.set_defaults(func=cmd_deploy)
 
 
 #: What the quick path parses: each command's options, with their defaults (None: a flag)
