@@ -8,20 +8,31 @@ checks the signature against the certificates FakeGoogle serves, ``aud`` and ``e
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import google.auth.transport.requests
 import pytest
 import requests
 from google.oauth2 import id_token as google_id_token
 
-from tokend import wire
+from tests.conftest import run_daemon, sa_config, wait_for
+from tests.reliability_util import get_json
+from tokend import idtokens, wire
 from tokend.config import ProfileConfig
+from tokend.endpoints import Answer, Endpoints, IdTokenQuery, Served
 from tokend.errors import CredentialsError, RefreshError
+from tokend.idtokens import IdTokens
+from tokend.metrics import Metrics
+from tokend.refresher import ProfileRefresher
 from tokend.source import Source, read_jwt_claims
 from tokend.testing import FakeGoogle
+from tokend.token import Token
 
 SA = "sa@fake-project.iam.gserviceaccount.com"
 TARGET = "target@fake-project.iam.gserviceaccount.com"
@@ -313,3 +324,245 @@ def test_audiences_refused(audience: str, why: str) -> None:
     with pytest.raises(ValueError, match="audience") as info:
         wire.check_audience(audience)
     assert why in str(info.value)
+
+
+# -- the cache: one refresher per (profile, audience), LRU-bounded ------------------------
+
+
+def _endpoints(fake: FakeGoogle, key: Path, max_audiences: int) -> tuple[Endpoints, IdTokens]:
+    """The endpoints layer with an ID token cache, as the daemon wires them (real
+    sources against the fake; no socket)."""
+
+    def make(name: str) -> Source:
+        return Source(name, ProfileConfig(credentials=str(key)), timeout=2.0)
+
+    refreshers = {"default": ProfileRefresher("default", make("default"), [])}
+    endpoints = Endpoints(Served(refreshers, "config.toml", key.parent), Metrics(refreshers))
+    ids = IdTokens(make, max_audiences=max_audiences)
+    endpoints.id_tokens = ids
+    return endpoints, ids
+
+
+def _audiences(ids: IdTokens) -> list[str]:
+    return [audience for _, audience, _ in ids.entries()]
+
+
+def test_audiences_are_cached_and_the_least_recently_used_is_evicted(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """max_audiences = 2:
+    1. a and b are minted on first request (the request waits), once each.
+    2. a again: from the cache, no request to the fake; a is now the most recent.
+    3. c: b, the least recently used, is dropped (its refresher stopped).
+    4. b again: minted anew; a is dropped."""
+    a, b, c = (f"https://{n}.example.com" for n in "abc")
+    key = fake.write_service_account(tmp_path / "sa.json")
+
+    async def scenario() -> None:
+        endpoints, ids = _endpoints(fake, key, 2)
+        try:
+            got = {}
+            for audience in (a, b):
+                tok = await endpoints.fresh_id_token(IdTokenQuery(audience, wait=5))
+                assert isinstance(tok, Token)
+                got[audience] = tok
+                verify(fake, tok.value, audience)
+            assert fake.calls["id_token"] == 2 and _audiences(ids) == [a, b]
+            again = await endpoints.fresh_id_token(IdTokenQuery(a, wait=5))
+            assert again is got[a] and fake.calls["id_token"] == 2
+            assert _audiences(ids) == [b, a]
+            dropped = ids.current("default", b)
+            assert dropped is not None
+            await endpoints.fresh_id_token(IdTokenQuery(c, wait=5))
+            assert _audiences(ids) == [a, c] and ids.current("default", b) is None
+            await asyncio.sleep(0)
+            tok_b = await endpoints.fresh_id_token(IdTokenQuery(b, wait=5))
+            assert isinstance(tok_b, Token) and tok_b is not got[b]
+            assert _audiences(ids) == [c, b] and fake.calls["id_token"] == 4
+        finally:
+            await ids.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_audience_is_refreshed_like_an_access_token_and_dropped_when_idle(
+    fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens of 3 s; an entry nobody asks for is dropped after its token's lifetime.
+    1. Asked for once: minted; refreshed before it expires (at 75-85 % of its life),
+       without a request, and the answer is always a token with time left.
+    2. Nobody asks for 3 s: the entry is dropped and no more tokens are minted."""
+    monkeypatch.setattr(idtokens, "MIN_IDLE", 0.5)
+    fake.lifetime = 3
+    key = fake.write_service_account(tmp_path / "sa.json")
+
+    async def scenario() -> None:
+        endpoints, ids = _endpoints(fake, key, 16)
+        ids.start()
+        try:
+            first = await endpoints.fresh_id_token(IdTokenQuery(RUN, wait=5))
+            assert isinstance(first, Token)
+            r = ids.current("default", RUN)
+            assert r is not None
+            deadline = time.monotonic() + 5
+            while r.token is first and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                ids.get("default", RUN)  # asked for meanwhile: kept
+            assert r.token is not None and r.token is not first  # refreshed on its own
+            assert fake.calls["id_token"] == 2
+            deadline = time.monotonic() + 6
+            while ids.current("default", RUN) is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(ids) == 0
+            calls = fake.calls["id_token"]
+            await asyncio.sleep(1.5)
+            assert fake.calls["id_token"] == calls  # dropped: no more minting
+        finally:
+            await ids.stop()
+
+    asyncio.run(scenario())
+
+
+def test_failures_back_off_and_keep_the_last_token(fake: FakeGoogle, tmp_path: Path) -> None:
+    """The fake answers 503 after the first token: the entry retries with backoff
+    (state retrying), keeps serving the token it has until it is retired, then
+    answers 503 with the reason."""
+    fake.lifetime = 3
+    key = fake.write_service_account(tmp_path / "sa.json")
+
+    async def scenario() -> None:
+        endpoints, ids = _endpoints(fake, key, 16)
+        try:
+            first = await endpoints.fresh_id_token(IdTokenQuery(RUN, wait=5))
+            assert isinstance(first, Token)
+            fake.fail(503)
+            r = ids.current("default", RUN)
+            assert r is not None
+            deadline = time.monotonic() + 5
+            while r.consecutive_failures < 2 and time.monotonic() < deadline:
+                again = await endpoints.fresh_id_token(IdTokenQuery(RUN, wait=0))
+                if isinstance(again, Token):
+                    assert again is first
+                await asyncio.sleep(0.05)
+            assert r.state.value in ("retrying", "expired") and r.consecutive_failures >= 2
+            deadline = time.monotonic() + 5
+            while r.valid_token() is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            answer = await endpoints.fresh_id_token(IdTokenQuery(RUN, wait=0))
+            assert isinstance(answer, Answer) and answer.status == 503
+            body = json.loads(answer.body)
+            assert body["error"] == "unavailable" and "ID token for" in body["detail"]
+            fake.clear_faults()
+            tok = await endpoints.fresh_id_token(IdTokenQuery(RUN, wait=5))
+            assert isinstance(tok, Token) and tok is not first
+        finally:
+            await ids.stop()
+
+    asyncio.run(scenario())
+
+
+def test_entry_point_errors(fake: FakeGoogle, tmp_path: Path) -> None:
+    """Unknown profile: 404 unknown_profile. User credentials: 503 id_token_unsupported
+    with the fix, at once (no waiting out `wait`). A bad audience for the bare-token
+    hook: 400."""
+    user = fake.write_authorized_user(tmp_path / "user.json")
+
+    async def scenario() -> None:
+        def make(name: str) -> Source:
+            return Source(name, ProfileConfig(credentials=str(user), token_uri=fake.token_uri))
+
+        refreshers = {"default": ProfileRefresher("default", make("default"), [])}
+        endpoints = Endpoints(
+            Served(refreshers, "config.toml", tmp_path), Metrics(refreshers)
+        )
+        ids = endpoints.id_tokens = IdTokens(make)
+        try:
+            missing = await endpoints.fresh_id_token(IdTokenQuery(RUN, "nope"))
+            assert isinstance(missing, Answer) and missing.status == 404
+            assert json.loads(missing.body)["error"] == "unknown_profile"
+            started = time.monotonic()
+            answer = await endpoints.id_token(IdTokenQuery(RUN, wait=30))
+            assert time.monotonic() - started < 5
+            body = json.loads(answer.body)
+            assert answer.status == 503 and body["error"] == "id_token_unsupported"
+            assert body["detail"].startswith(f"profile default (ID token for {RUN}): user creden")
+            assert 'impersonate = "SA@' in body["detail"] and "\n" not in body["detail"]
+            bad = await endpoints.id_token_value("default", "http://plain.example.com", 1)
+            assert isinstance(bad, Answer) and bad.status == 400
+        finally:
+            await ids.stop()
+
+    asyncio.run(scenario())
+
+
+# -- end to end: the real `tokend run` ------------------------------------------------------
+
+
+def test_daemon_serves_id_tokens_on_the_socket_and_in_files(
+    fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """The real daemon, a service-account key, 4 s tokens:
+    1. The configured audience's file holds an ID token that verifies for it, and is
+       replaced before it expires (refreshed like the access token).
+    2. GET /v1/id_token for another audience mints it on the first request; the answer
+       verifies, states the audience and account; a second request is served from the
+       cache (no new request to Google).
+    3. A bad audience is a 400 naming what is allowed; an unknown profile a 404.
+    4. /v1/status lists both audiences, without their tokens; /healthz ignores them.
+    5. A reload that drops the configured audience removes its file.
+    The log holds no ID token (run_daemon scans it; FakeGoogle.secrets() has them)."""
+    fake.lifetime = 4
+    config = sa_config(
+        fake,
+        short_tmp,
+        '[[profiles.default.id_tokens]]\naudience = "https://hello-abc.a.run.app"\n'
+        'path = "hello.jwt"\nformat = "raw"\n',
+    )
+    with run_daemon(fake, short_tmp, config) as d:
+        jwt_file = d.file("hello.jwt")
+        first = wait_for(lambda: d.read("hello.jwt"), 10).decode()
+        assert jwt_file.stat().st_mode & 0o777 == 0o600
+        verify(fake, first, "https://hello-abc.a.run.app")
+        wait_for(lambda: d.read("hello.jwt") not in (None, first.encode()), 10)
+        sock = d.file("tokend.sock")
+        status, body = get_json(sock, f"/v1/id_token?audience={quote(RUN, safe='')}")
+        assert status == 200, body
+        assert body["audience"] == RUN and body["account"] == SA
+        assert body["token_type"] == "Bearer" and 0 < body["expires_in"] <= 4
+        verify(fake, body["id_token"], RUN)
+        calls = fake.calls["id_token"]
+        status, again = get_json(sock, f"/v1/id_token?audience={quote(RUN, safe='')}")
+        assert again["id_token"] == body["id_token"] and fake.calls["id_token"] == calls
+        status, bad = get_json(sock, "/v1/id_token?audience=http%3A%2F%2Fx")
+        assert status == 400 and "https://" in bad["detail"]
+        status, bad = get_json(sock, "/v1/id_token")
+        assert status == 400 and "audience is missing" in bad["detail"]
+        status, missing = get_json(sock, f"/v1/id_token?profile=nope&audience={RUN}")
+        assert status == 404 and missing["error"] == "unknown_profile"
+        status, st = get_json(sock, "/v1/status")
+        listed = {t["audience"]: t for t in st["id_tokens"]}
+        assert set(listed) == {"https://hello-abc.a.run.app", RUN}
+        assert all(t["state"] == "fresh" and t["profile"] == "default" for t in listed.values())
+        text = json.dumps(st)
+        assert body["id_token"] not in text and first not in text
+        assert get_json(sock, "/healthz")[0] == 200
+        d.config_path.write_text(sa_config(fake, short_tmp))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: not jwt_file.exists(), 10)
+        d.wait_log("removed")
+    assert d.proc.returncode == 0 or d.proc.returncode == -signal.SIGTERM
+
+
+def test_daemon_tells_user_credentials_to_impersonate(fake: FakeGoogle, short_tmp: Path) -> None:
+    """An authorized_user profile: /v1/id_token answers 503 id_token_unsupported at once,
+    with the one-line fix; the access token is unaffected."""
+    user = fake.write_authorized_user(short_tmp / "user.json")
+    config = f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n'
+    with run_daemon(fake, short_tmp, config) as d:
+        started = time.monotonic()
+        status, body = get_json(d.file("tokend.sock"), f"/v1/id_token?audience={RUN}", 15)
+        assert time.monotonic() - started < 5
+        assert status == 503 and body["error"] == "id_token_unsupported"
+        assert "user credentials (authorized_user) cannot mint ID tokens" in body["detail"]
+        assert "roles/iam.serviceAccountTokenCreator" in body["detail"]
+        assert get_json(d.file("tokend.sock"), "/v1/token")[0] == 200

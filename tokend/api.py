@@ -28,6 +28,7 @@ from tokend.endpoints import (
     Answer,
     BadRequest,
     Endpoints,
+    IdTokenQuery,
     TokenQuery,
 )
 
@@ -107,6 +108,12 @@ class Api:
             except BadRequest as err:
                 return e.bad_request(str(err))
             return await e.token(query)
+        if request.path == "/v1/id_token":
+            try:
+                id_query = IdTokenQuery.parse(request.query.get)
+            except BadRequest as err:
+                return e.bad_request(str(err))
+            return await e.id_token(id_query)
         if request.path == "/v1/status":
             return e.status()
         if request.path == "/healthz":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -40,6 +40,7 @@ from tokend.paths import (
 __all__ = [
     "CLOUD_PLATFORM",
     "Config",
+    "IdTokenConfig",
     "OpenAIConfig",
     "ProfileConfig",
     "ProxyConfig",
@@ -107,6 +108,27 @@ class SinkConfig(_Model):
                 'or give an absolute path without ".."'
             )
         return v
+
+
+def _audience(value: Any) -> Any:
+    if isinstance(value, str):
+        wire.check_audience(value)
+    return value
+
+
+class IdTokenConfig(SinkConfig):
+    """A file that holds an ID token for one audience (``[[profiles.NAME.id_tokens]]``),
+    kept fresh for as long as tokend runs."""
+
+    #: The service's URL (``https://…``) or client id: the token's ``aud``.
+    audience: Annotated[str, BeforeValidator(_audience)]
+    format: Literal["raw", "json"] = "raw"  # an ID token has no env rendering
+
+
+def _max_audiences(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ValueError("must be a whole number from 1 to 1024, e.g. 16")
+    return value
 
 
 #: Host names that are this machine's loopback, as ``listen`` and ``api_endpoint`` say them.
@@ -184,12 +206,33 @@ class ProfileConfig(_Model):
     quota_project: str = ""
     openai: OpenAIConfig | None = None
     sinks: tuple[SinkConfig, ...] | None = None  #: None = the default three
+    #: Audiences whose ID tokens are written to files (others are minted on request).
+    id_tokens: tuple[IdTokenConfig, ...] = ()
 
     @field_validator("scopes", mode="before")
     @classmethod
     def _scopes_list(cls, v: Any) -> Any:
         if isinstance(v, list):
             return tuple(v)
+        return v
+
+    @field_validator("id_tokens", mode="before")
+    @classmethod
+    def _id_tokens_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("id_tokens")
+    @classmethod
+    def _one_file_set_per_audience(
+        cls, v: tuple[IdTokenConfig, ...]
+    ) -> tuple[IdTokenConfig, ...]:
+        seen: set[str] = set()
+        for t in v:
+            if t.audience in seen:
+                raise ValueError(
+                    f"audience {t.audience} is listed twice; give it one entry (one file)"
+                )
+            seen.add(t.audience)
         return v
 
     @field_validator("sinks", mode="before")
@@ -233,6 +276,14 @@ class ProfileConfig(_Model):
             SinkConfig(path=f"{prefix}token.json", format="json"),
             SinkConfig(path=f"{prefix}openai.env", format="env"),
         )
+
+    def files(self, name: str) -> Iterator[tuple[str, SinkConfig]]:
+        """Every file the profile writes, with the key that names it: its sinks, then
+        its ID token files."""
+        for i, sink in enumerate(self.effective_sinks(name)):
+            yield f"profiles.{name}.sinks[{i}]", sink
+        for i, id_token in enumerate(self.id_tokens):
+            yield f"profiles.{name}.id_tokens[{i}]", id_token
 
     @property
     def base_url(self) -> str:
@@ -358,6 +409,9 @@ class Config(_Model):
     state_dir: str = ""
     socket: SocketConfig = SocketConfig()
     proxy: ProxyConfig = ProxyConfig()
+    #: ID token audiences asked for over the socket (or the metadata endpoint) that are
+    #: kept and refreshed at most, across profiles; the least recently used goes first.
+    max_id_token_audiences: Annotated[int, BeforeValidator(_max_audiences)] = 16
     profiles: dict[str, ProfileConfig] = Field(default_factory=_default_profiles)
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -424,8 +478,7 @@ class Config(_Model):
         if self.proxy_env_path is not None:
             taken.append((os.path.abspath(self.proxy_env_path), "the proxy's proxy.env"))
         for name, profile in self.profiles.items():
-            for i, sink in enumerate(profile.effective_sinks(name)):
-                where = f"profiles.{name}.sinks[{i}]"
+            for where, sink in profile.files(name):
                 path = os.path.abspath(self.sink_path(sink))
                 if is_within(runtime, path):
                     what = "the runtime dir itself" if path == runtime else "above runtime_dir"

@@ -22,6 +22,7 @@ from tokend import clock, proxykeys
 from tokend.config import Config, ProfileConfig, load
 from tokend.endpoints import Endpoints, Served
 from tokend.errors import ConfigError, CredentialsError, RefreshError, UnsafePathError
+from tokend.idtokens import IdTokens
 from tokend.metrics import Metrics
 from tokend.paths import (
     check_sink_parent,
@@ -88,7 +89,7 @@ def prepare_paths(config: Config, *, socket: bool = True) -> None:
     runtime = config.runtime_path
     ensure_private_dir(runtime)
     for name, profile in config.profiles.items():
-        for sink in profile.effective_sinks(name):
+        for _, sink in profile.files(name):  # sinks and ID token files
             path = config.sink_path(sink)
             if not is_within(path.parent, runtime):
                 check_sink_parent(path)
@@ -114,6 +115,19 @@ def make_sinks(config: Config, name: str, profile: ProfileConfig) -> list[FileSi
         private = is_within(path, runtime)
         sinks.append(FileSink(path, s.format, s.mode, profile.base_url, private=private))
     return sinks
+
+
+def make_id_token_sinks(
+    config: Config, profile: ProfileConfig
+) -> list[tuple[str, list[FileSink]]]:
+    """The profile's configured ID token audiences, each with its file."""
+    runtime = config.runtime_path
+    out = []
+    for t in profile.id_tokens:
+        path = config.sink_path(t)
+        sink = FileSink(path, t.format, t.mode, "", private=is_within(path, runtime))
+        out.append((t.audience, [sink]))
+    return out
 
 
 class Daemon:
@@ -142,6 +156,11 @@ class Daemon:
         #: refreshers, the settings answers name, and the answers built on them.
         self.served = Served(self.refreshers, config.source, config.runtime_path)
         self.endpoints = Endpoints(self.served, Metrics(self.refreshers))
+        #: ID tokens by (profile, audience), for the front ends through the endpoints.
+        self.id_tokens = IdTokens(
+            self._id_token_source, max_audiences=config.max_id_token_audiences
+        )
+        self.endpoints.id_tokens = self.id_tokens
         # sd_notify (READY/STATUS/WATCHDOG/STOPPING); does nothing outside systemd.
         self._link = ServiceLink(
             lambda: describe((r.snapshot() for r in self.refreshers.values()), clock.now())
@@ -177,6 +196,7 @@ class Daemon:
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
             self._background(self._settle_heap())
             self._background(self._watch_clocks())
+            self.id_tokens.start()
             await self._stop.wait()
         finally:
             await self._shutdown(watcher)
@@ -278,6 +298,7 @@ class Daemon:
                 )
             for r in self.refreshers.values():
                 r.clock_jumped(jump)
+            self.id_tokens.clock_jumped(jump)
 
     async def _shutdown(self, watcher: Watcher) -> None:
         log.info("tokend stopping")
@@ -293,6 +314,7 @@ class Daemon:
         for timer in self._timers.values():
             timer.cancel()
         await asyncio.to_thread(watcher.stop)
+        await self.id_tokens.stop()
         await self._stop_refreshers(list(self.refreshers))
         log.info("tokend stopped; token files that are still valid were kept")
 
@@ -327,16 +349,24 @@ class Daemon:
         drop = [n for n in self.refreshers if n not in keep]
         old_sinks = {s.path: s for n in drop for s in self.refreshers[n].sinks}
         self._drop_refreshers(drop)
+        old_sinks.update((s.path, s) for s in self.id_tokens.drop_profiles(drop))
+        self.id_tokens.max_audiences = config.max_id_token_audiences
+        wanted_id_tokens: dict[str, list[tuple[str, list[FileSink]]]] = {}
         self.config = config
         self.served.config_source = config.source
         self.served.runtime_dir = config.runtime_path
         new_sink_paths: set[Path] = set()
         for name, pc in config.profiles.items():
             sinks = make_sinks(config, name, pc)
+            id_sinks = make_id_token_sinks(config, pc)
             new_sink_paths |= {s.path for s in sinks}
+            new_sink_paths |= {s.path for _, files in id_sinks for s in files}
             if name in keep:
                 continue
-            for d in {s.path.parent for s in sinks}:
+            wanted_id_tokens[name] = id_sinks
+            for d in {s.path.parent for s in sinks} | {
+                s.path.parent for _, files in id_sinks for s in files
+            }:
                 if swept := sweep_temp_files(d):
                     log.info("removed %d temp file(s) a previous run left in %s", swept, d)
             source = Source(name, config.profile(name), timeout=config.timeout)
@@ -344,6 +374,7 @@ class Daemon:
             self.refreshers[name] = refresher
             self._profile_cfgs[name] = pc
             self._tasks[name] = asyncio.ensure_future(refresher.run())
+        self.id_tokens.configure(wanted_id_tokens)
         # Files of profiles that no longer exist (or moved) would otherwise outlive
         # their token: nobody would remove them at expiry.
         for path in old_sinks.keys() - new_sink_paths:
@@ -426,6 +457,7 @@ class Daemon:
         log.info("refreshing every profile now")
         for r in self.refreshers.values():
             r.refresh_soon()
+        self.id_tokens.refresh_all()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -460,6 +492,7 @@ class Daemon:
         self._files = frozenset(
             [s.path for r in self.refreshers.values() for s in r.sinks]
             + ([self._proxy.settings.env_path] if self._proxy is not None else [])
+            + [s.path for s in self.id_tokens.sinks()]
         )
         targets = [self.config.runtime_path]
         if self.config_path is not None:
@@ -468,6 +501,7 @@ class Daemon:
         sock = self._server.path if self._server is not None else self.config.socket_path
         if sock is not None:
             targets.append(sock)
+        targets.extend(s.path for s in self.id_tokens.sinks())
         for r in self.refreshers.values():
             targets.extend(s.path for s in r.sinks)
             targets.extend(r.source.watched_paths)
@@ -511,9 +545,15 @@ class Daemon:
 
         task.add_done_callback(done)
 
+    def _id_token_source(self, name: str) -> Source:
+        """A new source for one ID token audience of profile ``name`` (each has its
+        own credentials object and session)."""
+        return Source(name, self.config.profile(name), timeout=self.config.timeout)
+
     def _credentials_changed(self, refresher: ProfileRefresher, path: Path) -> None:
         log.info("profile %s: %s changed, reloading credentials", refresher.name, path)
         refresher.refresh_soon(reload_credentials=True)
+        self.id_tokens.credentials_changed(refresher.name)
 
     def _repair(self) -> None:
         """A sink or the runtime dir was deleted: recreate, and let refreshers rewrite."""
@@ -524,6 +564,7 @@ class Daemon:
             return
         for r in self.refreshers.values():
             r.poke()
+        self.id_tokens.poke()
         if self._server is not None:
             self._background(self._server.restore())
         if self._proxy is not None and self._proxy.env_missing():

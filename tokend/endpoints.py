@@ -21,13 +21,16 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokend import __version__, clock
+from tokend import __version__, clock, wire
 from tokend.errors import ADVICE
 from tokend.metrics import CONTENT_TYPE, Metrics
 from tokend.refresher import ProfileRefresher, State
 from tokend.token import Token
+
+if TYPE_CHECKING:
+    from tokend.idtokens import IdTokens
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -77,6 +80,7 @@ PATHS: dict[str, frozenset[str]] = {
     "/v1/status": frozenset(),
     "/healthz": frozenset(),
     "/metrics": frozenset(),
+    "/v1/id_token": frozenset({"profile", "audience", "min_valid", "wait"}),
 }
 
 
@@ -157,6 +161,41 @@ class TokenQuery:
         )
 
 
+#: How long a ``/v1/id_token`` request waits unless it says: an audience asked for the
+#: first time has no token yet, and its first minting takes one round trip to Google.
+ID_TOKEN_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdTokenQuery:
+    """A ``/v1/id_token`` request: whose credentials mint it, for which audience, how
+    long it must last, how long to wait for it."""
+
+    audience: str
+    profile: str = "default"
+    min_valid: float = 0.0
+    wait: float = ID_TOKEN_WAIT
+
+    @classmethod
+    def parse(cls, get: Callable[[str], str | None]) -> IdTokenQuery:
+        """From a query's parameters (``get(name)``: the value or None).
+
+        Raises:
+            BadRequest: a bad audience or a value out of range.
+        """
+        try:
+            audience = wire.check_audience(get("audience") or "")
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
+        wait = get("wait")
+        return cls(
+            audience=audience,
+            profile=get("profile") or "default",
+            min_valid=parse_seconds("min_valid", get("min_valid"), MAX_MIN_VALID),
+            wait=ID_TOKEN_WAIT if wait is None else parse_seconds("wait", wait, MAX_WAIT),
+        )
+
+
 def _json(status: int, payload: Any, *, no_store: bool = False) -> Answer:
     return Answer(status, json.dumps(payload).encode(), no_store=no_store)
 
@@ -183,6 +222,8 @@ class Endpoints:
         self._changed: dict[str, asyncio.Event] = {}
         self._bodies: dict[str, tuple[Token, int, bytes]] = {}
         self._forced_failed_at: dict[str, float] = {}
+        #: The daemon's ID tokens (None: this daemon serves none); see "/v1/id_token".
+        self.id_tokens: IdTokens | None = None
 
     # -- counting and change events ---------------------------------------------------
 
@@ -315,6 +356,69 @@ class Endpoints:
             r = again
         return r
 
+    # -- /v1/id_token -----------------------------------------------------------------
+
+    async def fresh_id_token(self, query: IdTokenQuery) -> Token | Answer:
+        """An ID token for ``query.audience`` minted through the profile's credentials,
+        or the error :class:`Answer` to give instead, with the same codes and advice as
+        access tokens (503 ``starting``, ``reauth_required``, ``id_token_unsupported``
+        for user credentials, ...; 404 ``unknown_profile``): the one entry point for
+        every front end (the socket, the metadata endpoint's ``identity``).
+
+        An audience asked for the first time is minted now: the request waits up to
+        ``wait`` for it. Later requests are answered from the cache, which refreshes each
+        audience like an access token; ``min_valid`` forces a refresh as for
+        ``/v1/token``. The audience must have passed :func:`tokend.wire.check_audience`
+        (:meth:`IdTokenQuery.parse` does that).
+        """
+        ids = self.id_tokens
+        if ids is None:
+            return error(404, "not_found", "this tokend serves no ID tokens")
+        if query.profile not in self.served.refreshers:
+            return self._unknown_profile(query.profile)
+        r = ids.get(query.profile, query.audience)
+        tok = r.valid_token(query.min_valid)
+        if tok is not None:
+            return tok
+        deadline = clock.monotonic() + query.wait
+        while r.valid_token() is None:
+            if r.state is State.REAUTH_REQUIRED and r.attempted.is_set():
+                break  # waiting cannot help; answer with the fix now
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0 or ids.current(query.profile, query.audience) is not r:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ids.change_event(r).wait(), remaining)
+        tok = r.valid_token(query.min_valid)
+        key = f"{query.profile}\0{query.audience}"
+        if tok is None and query.min_valid > 0 and self._may_force(key, r):
+            tok = await r.ensure(query.min_valid)
+            if tok is None or r.consecutive_failures:
+                self._forced_failed_at[key] = clock.monotonic()
+        if tok is None:
+            tok = r.valid_token()
+        if tok is None:
+            return self.unavailable(r)
+        return tok
+
+    async def id_token(self, query: IdTokenQuery) -> Answer:
+        """The whole ``/v1/id_token`` answer: the ID token object, or the error."""
+        got = await self.fresh_id_token(query)
+        if isinstance(got, Answer):
+            return got
+        return _json(200, got.as_dict(clock.steady()), no_store=True)
+
+    async def id_token_value(self, profile: str, audience: str, wait: float) -> str | Answer:
+        """The ID token itself (the JWT), or the error :class:`Answer`: for front ends
+        that hand out the bare token (the metadata endpoint's ``identity``). A bad
+        audience is a 400 saying what is allowed."""
+        try:
+            audience = wire.check_audience(audience)
+        except ValueError as err:
+            return self.bad_request(str(err))
+        got = await self.fresh_id_token(IdTokenQuery(audience, profile, wait=wait))
+        return got if isinstance(got, Answer) else got.value
+
     # -- errors -----------------------------------------------------------------------
 
     def unavailable(self, r: ProfileRefresher) -> Answer:
@@ -391,8 +495,20 @@ class Endpoints:
                 "profiles": {
                     name: r.snapshot().as_dict() for name, r in sorted(refreshers.items())
                 },
+                "id_tokens": self._id_token_status(),
             },
         )
+
+    def _id_token_status(self) -> list[dict[str, Any]]:
+        """Each cached ID token's state (as a profile's, with its audience), never a
+        token; least recently asked for first."""
+        if self.id_tokens is None:
+            return []
+        return [
+            {**r.snapshot().as_dict(), "profile": profile, "audience": audience}
+            for profile, audience, r in self.id_tokens.entries()
+        ]
+
 
     def metrics_text(self) -> Answer:
         return Answer(200, self.metrics.text(), content_type=CONTENT_TYPE)
