@@ -733,3 +733,63 @@ def test_a_disk_backed_emptydir_is_refused_with_the_reason(
         lines = [ln for ln in pod.log().splitlines() if ln.strip()]
         assert len(lines) == 1, lines
         assert "/run/tokend: mode 0777 is group/world writable without the sticky bit" in lines[0]
+
+
+# -- tokend health (the probes' and HEALTHCHECK's command) ---------------------------------
+
+
+def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tokend", "health", *args],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_health_says_0_with_a_token_and_1_without(
+    fake: FakeGoogle, short_tmp: Path, daemon_factory: Any
+) -> None:
+    """1. No daemon: exit 1, saying so. 2. A daemon whose profile has a token: exit 0,
+    silently. 3. A daemon whose second profile has no credentials: exit 1 with /healthz's
+    503 and the profile it names. Never a token on either stream."""
+    from conftest import sa_config
+
+    env = {**os.environ, "TOKEND_RUNTIME_DIR": str(short_tmp / "rt")}
+    down = health(env)
+    assert down.returncode == 1 and "tokend is not running" in down.stderr
+    config = sa_config(fake, short_tmp)
+    with daemon_factory(config) as d:
+        up = health({**d.env, "TOKEND_CONFIG": str(d.config_path)})
+        assert (up.returncode, up.stdout, up.stderr) == (0, "", "")
+    missing = short_tmp / "missing.json"
+    with daemon_factory(config + f'[profiles.other]\ncredentials = "{missing}"\n') as d:
+        d.wait_log("credentials_missing")
+        sick = health({**d.env, "TOKEND_CONFIG": str(d.config_path)})
+        assert sick.returncode == 1 and "HTTP 503" in sick.stderr and "other" in sick.stderr
+        for secret in fake.secrets():
+            assert secret not in sick.stdout + sick.stderr
+
+
+#: The README's Kubernetes command (test_readme.py lists it as run here).
+README_DEPLOY = (
+    "tokend deploy kubernetes --config ~/.config/tokend/config.toml --proxy > tokend.yaml"
+)
+
+
+def test_readme_deploy_command(short_tmp: Path) -> None:
+    """The README's command, in a shell, with a user's config in ~/.config/tokend: the
+    file it writes holds a ConfigMap and a Deployment that validate."""
+    assert README_DEPLOY in (ROOT / "README.md").read_text()
+    home = short_tmp / "home"
+    (home / ".config" / "tokend").mkdir(parents=True)
+    (home / ".config" / "tokend" / "config.toml").write_text(
+        f'[profiles.default.openai]\nproject = "{PROJECT}"\nlocation = "us-central1"\n'
+    )
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = {**os.environ, "HOME": str(home), "PATH": path}
+    done = subprocess.run(["sh", "-c", README_DEPLOY], cwd=short_tmp, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    docs = docs_of((short_tmp / "tokend.yaml").read_text())
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, OLDEST, strict=True)

@@ -59,6 +59,28 @@ NOT_HERE = {
     "tail -f ~/Library/Logs/tokend/tokend.log": "macOS only",
     DOCKER: "no Docker daemon here",
 }
+# Containers and Kubernetes: the tokend command is run by tests/test_deploy.py; a
+# container engine and a cluster are what this machine lacks.
+_DEPLOY = "tokend deploy kubernetes --config ~/.config/tokend/config.toml --proxy > tokend.yaml"
+ELSEWHERE[_DEPLOY] = "tests/test_deploy.py::test_readme_deploy_command"
+NOT_HERE.update(
+    {
+        "docker build -t tokend:0.1.0 .": (
+            "no Docker daemon here (tests/test_deploy.py builds it where `docker info` works)"
+        ),
+        'docker run -d --name tokend --user "$(id -u):$(id -g)" --read-only -v '
+        '"$XDG_RUNTIME_DIR/tokend:/run/tokend" -v '
+        '"$HOME/.config/gcloud:/home/tokend/.config/gcloud:ro" tokend:0.1.0': (
+            "no Docker daemon here"
+        ),
+        "kubectl create secret generic tokend-credentials "
+        "--from-file=credentials.json=key.json": "no cluster here",
+        "tokend deploy kubernetes --proxy-key-secret | kubectl apply -f -": (
+            "no cluster here (tests/test_deploy.py::test_the_proxy_key_secret runs the tokend half)"
+        ),
+        "kubectl apply -f tokend.yaml": "no cluster here (the manifests are schema-validated)",
+    }
+)
 #: Run below, in a shell, with the README's own words.
 HERE = {
     "tokend token",

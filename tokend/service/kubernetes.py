@@ -475,9 +475,21 @@ _NOT_PLAIN = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
 
 
 def _quoted(text: str) -> str:
-    """A double-quoted string both TOML and YAML read as ``text`` (JSON's escapes, with
-    DEL escaped too, which neither allows raw)."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+    """A double-quoted string that TOML and YAML both read as ``text``: printable ASCII
+    as is, everything else as ``\\uXXXX`` / ``\\UXXXXXXXX`` (the escapes both share;
+    YAML would fold a raw U+2028 and TOML refuses raw control characters)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value: Any) -> str:
@@ -578,12 +590,12 @@ def _yaml_block(lead: str, text: str, indent: int) -> list[str]:
     lines = body.split("\n")
     if (
         not body
+        or not all(0x20 <= ord(c) < 0x7F for c in body.replace("\n", ""))
         or body[0] == " "
         or trailing > 1
-        or "\t" in body
         or any(line != line.rstrip() for line in lines)
     ):
-        return [f"{lead} {_quoted(text)}"]  # exotic whitespace: the quoted form is exact
+        return [f"{lead} {_quoted(text)}"]  # the quoted form is exact for anything else
     chomp = "" if trailing == 1 else "-"
     pad = " " * indent
     return [f"{lead} |{chomp}", *(f"{pad}{line}" if line else "" for line in lines)]
