@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -566,3 +568,53 @@ def test_daemon_tells_user_credentials_to_impersonate(fake: FakeGoogle, short_tm
         assert "user credentials (authorized_user) cannot mint ID tokens" in body["detail"]
         assert "roles/iam.serviceAccountTokenCreator" in body["detail"]
         assert get_json(d.file("tokend.sock"), "/v1/token")[0] == 200
+
+
+def test_cli_and_client_get_id_tokens(
+    fake: FakeGoogle, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. `tokend id-token --audience URL` prints a token that verifies for it; --format
+       json prints the /v1/id_token object, header an Authorization line.
+    2. A bad audience: exit 2 and one line saying what is allowed; nothing asked.
+    3. tokend.client.id_token() returns a verifying token, and reuses it in-process
+       while it has time left (the daemon stopped, it still answers); a new audience
+       then fails with TokenUnavailable saying tokend is not running."""
+    from tokend import client
+
+    with run_daemon(fake, short_tmp, sa_config(fake, short_tmp)) as d:
+        cli = [sys.executable, "-m", "tokend", "id-token", "--audience", RUN]
+        out = subprocess.run(cli, env=d.env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        token = out.stdout.strip()
+        verify(fake, token, RUN)
+        out = subprocess.run(
+            [*cli, "--format", "json"], env=d.env, capture_output=True, text=True, timeout=30
+        )
+        obj = json.loads(out.stdout)
+        assert obj["id_token"] == token and obj["audience"] == RUN and obj["account"] == SA
+        out = subprocess.run(
+            [*cli, "--format", "header"], env=d.env, capture_output=True, text=True, timeout=30
+        )
+        assert out.stdout == f"Authorization: Bearer {token}\n"
+        bad = subprocess.run(
+            [sys.executable, "-m", "tokend", "id-token", "--audience", "http://x"],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert bad.returncode == 2 and bad.stdout == ""
+        assert bad.stderr.count("\n") == 1 and "https://" in bad.stderr
+        assert token not in d.log()
+
+        monkeypatch.setenv("TOKEND_RUNTIME_DIR", str(d.runtime_dir))
+        monkeypatch.setenv("TOKEND_CONFIG", str(d.config_path))
+        other = "https://other-abc.a.run.app"
+        value = client.id_token(other)
+        verify(fake, value, other)
+        assert asyncio.run(client.id_token_async(other)) == value
+        d.stop()
+    assert client.id_token(other) == value  # from the in-process cache
+    with pytest.raises(client.TokenUnavailable, match="not running") as info:
+        client.id_token("https://third.example.com")
+    assert "\n" not in str(info.value)

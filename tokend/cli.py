@@ -75,6 +75,25 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_id_token(args: argparse.Namespace) -> int:
+    """``tokend id-token --audience URL``: an ID token from the daemon (minted on the
+    first request for the audience), for ``curl -H "Authorization: Bearer …"``."""
+    from tokend import client
+
+    try:
+        obj = client.id_token_object(args.audience, args.profile, args.min_valid)
+    except ValueError as err:
+        print(f"{err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.format == "json":
+        _emit_json(obj)
+    elif args.format == "header":
+        print(f"Authorization: Bearer {obj['id_token']}")
+    else:
+        print(obj["id_token"])
+    return EXIT_OK
+
+
 def _token_env(profile: str, min_valid: float | None) -> dict[str, str]:
     """OPENAI_API_KEY, OPENAI_BASE_URL (when the profile names one), TOKEND_EXPIRES_AT."""
     from tokend import client
@@ -435,6 +454,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw token, the /v1/token JSON object, or an Authorization header line",
     )
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "id-token",
+        help="print an ID token for an audience (Cloud Run, IAP)",
+        description="Print an ID token whose aud is AUDIENCE, minted through the "
+        "profile's credentials (a service-account key, impersonate, or the metadata "
+        "server) and kept fresh by the daemon.",
+    )
+    profile_opts(p)
+    p.add_argument(
+        "--audience",
+        required=True,
+        metavar="URL",
+        help="the service's https:// URL or OAuth client id",
+    )
+    p.add_argument(
+        "--format",
+        choices=("raw", "json", "header"),
+        default="raw",
+        help="raw token, the /v1/id_token JSON object, or an Authorization header line",
+    )
+    p.set_defaults(func=cmd_id_token)
 
     p = sub.add_parser(
         "env",

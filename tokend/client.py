@@ -39,6 +39,9 @@ __all__ = [
     "TokenInfo",
     "TokenUnavailable",
     "daemon_status",
+    "id_token",
+    "id_token_async",
+    "id_token_object",
     "openai_base_url",
     "proxy_env",
     "socket_path",
@@ -655,3 +658,100 @@ def daemon_status(
     if status != 200 or not isinstance(body, dict):
         raise TokenUnavailable(f"tokend on {path} answered /v1/status with HTTP {status}")
     return body
+
+
+# -- ID tokens ----------------------------------------------------------------------------
+
+#: How long the daemon may take to mint an audience's first ID token (one request to
+#: Google, bounded by its fetch timeout).
+ID_TOKEN_WAIT = 10.0
+#: The last ID token object per (socket, profile, audience), reused while it has
+#: ``min_valid`` left: a service called in a loop costs one dict lookup, not a request.
+#: The daemon keeps at most max_id_token_audiences of them fresh; this holds what it
+#: answered.
+_ID_TOKENS: dict[tuple[str, str, str], tuple[dict[str, Any], float, float]] = {}
+
+
+def id_token_object(
+    audience: str,
+    profile: str = "default",
+    min_valid: float | None = None,
+    *,
+    timeout: float = SOCKET_TIMEOUT,
+    config: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The ``/v1/id_token`` object (``id_token``, ``expires_at``, ``expires_in``,
+    ``audience``, ``account``, ...) for ``audience``, from the daemon over the socket:
+    it mints one through the profile's credentials on the first request and keeps it
+    fresh. Arguments and errors as :func:`id_token`."""
+    try:
+        wire.check_audience(audience)
+    except ValueError as err:
+        raise ValueError(f"tokend: {err}") from None
+    path = socket_path(config=config)
+    if path is None:
+        raise TokenUnavailable(
+            f"no ID token for {audience}: the socket is turned off (socket.path = \"\"), "
+            "and ID tokens are served only there"
+        )
+    key = (os.fspath(path), profile, audience)
+    cached = _ID_TOKENS.get(key)
+    if cached is not None:
+        obj, expires_at, lifetime = cached
+        wanted = wire.default_min_valid(lifetime) if min_valid is None else min_valid
+        if expires_at - time.time() > wanted:
+            return {**obj, "expires_in": max(0, int(expires_at - time.time()))}
+    from urllib.parse import urlencode  # only on the slow path
+
+    query = {"profile": profile, "audience": audience, "wait": f"{ID_TOKEN_WAIT:g}"}
+    if min_valid:
+        query["min_valid"] = f"{min_valid:g}"
+    try:
+        status, body = _get(path, f"/v1/id_token?{urlencode(query)}", timeout)
+    except _SocketError as err:  # its message says what to do (start tokend, ...)
+        raise TokenUnavailable(f"no ID token for {audience}: {err}") from None
+    if status != 200:
+        detail = body.get("detail") if isinstance(body, dict) else None
+        raise TokenUnavailable(
+            f"no ID token for {audience}: tokend cannot provide one: {detail or f'HTTP {status}'}"
+        )
+    try:
+        _value, expires_at, _profile, _account, got = wire.read_id_token_object(body)
+    except ValueError:
+        raise TokenUnavailable(f"tokend on {path} sent a malformed ID token object") from None
+    if got != audience or expires_at <= time.time():
+        raise TokenUnavailable(f"tokend on {path} sent an ID token for another audience")
+    _ID_TOKENS[key] = (body, expires_at, float(wire.stated_lifetime(body)))
+    return dict(body)
+
+
+def id_token(
+    audience: str, profile: str = "default", min_valid: float | None = None
+) -> str:
+    """An ID token (a JWT) whose ``aud`` is ``audience``: for calling Cloud Run, Cloud
+    Functions or an IAP-protected app (``Authorization: Bearer …``).
+
+    Args:
+        audience: the service's URL (``https://…``) or OAuth client id.
+        profile: the tokend profile whose credentials mint it (a service-account key,
+            ``impersonate``, or the metadata server; not user credentials).
+        min_valid: seconds it must stay valid (default: 60, or a quarter of its lifetime
+            when that is shorter).
+
+    Returns:
+        The ID token.
+
+    Raises:
+        ValueError: ``audience`` is not an https URL or client id.
+        TokenUnavailable: none could be had; the message says what to do.
+    """
+    return str(id_token_object(audience, profile, min_valid)["id_token"])
+
+
+async def id_token_async(
+    audience: str, profile: str = "default", min_valid: float | None = None
+) -> str:
+    """:func:`id_token` for asyncio code (the socket is asked in a worker thread)."""
+    import asyncio
+
+    return await asyncio.to_thread(id_token, audience, profile, min_valid)
