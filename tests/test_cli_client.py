@@ -364,18 +364,104 @@ def test_quick_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
 
 
 def test_quick_path_does_not_import_argparse(d: Any) -> None:
-    """``tokend token`` (the key-helper call) prints the token without loading
-    argparse; a usage error still gets argparse's message and exit 2."""
+    """``tokend token`` (the key-helper call) prints the token from the daemon's env file
+    without loading argparse, json, pathlib or socket (each costs more than the rest of
+    the command); a usage error still gets argparse's message and exit 2."""
     probe = (
         "import sys, runpy; sys.argv = ['tokend', 'token']\n"
         "try:\n    runpy.run_module('tokend', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "print('argparse' in sys.modules, code, file=sys.stderr)\n"
+        "heavy = [m for m in ('argparse', 'json', 'pathlib', 'socket', 're') if m in sys.modules]\n"
+        "print(heavy, code, file=sys.stderr)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=client_env(d)
-    )
-    assert out.stderr.strip().splitlines()[-1] == "False 0", out.stderr
+    env = {**client_env(d), "XDG_CONFIG_HOME": f"{d.runtime_dir}-no-config"}
+    env.pop("TOKEND_CONFIG", None)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert out.stderr.strip().splitlines()[-1] == "[] 0", out.stderr
     assert out.stdout.strip() == file_token(d)
     bad = tokend(d, "token", "--format", "yaml")
     assert bad.returncode == 2 and "invalid choice: 'yaml'" in bad.stderr
+
+
+# -- the quick answer: the env file, byte for byte what the full commands print ---------
+
+QUICK_ANSWERS = [
+    ["token"],
+    ["token", "--format", "header"],
+    ["token", "-p", "work"],
+    ["env"],
+    ["env", "--format", "fish"],
+    ["env", "--format=dotenv", "-p", "work"],
+    ["token", "--min-valid", "30"],
+]
+
+
+@pytest.mark.parametrize("value", ["ya29.plain-token_1/2+3=", "ya29.with~tilde"])
+@pytest.mark.parametrize("argv", QUICK_ANSWERS, ids=" ".join)
+def test_quick_answer_is_what_the_full_command_prints(
+    argv: list[str],
+    value: str,
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import time as time_mod
+
+    from tokend import cli
+    from tokend.token import Token
+
+    runtime = short_tmp / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TOKEND_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("TOKEND_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(short_tmp / "cfg"))  # no config file
+    monkeypatch.delenv("TOKEND_SOCKET", raising=False)
+    for profile, prefix in (("default", ""), ("work", "work.")):
+        tok = Token.received(value, 600, wall=time_mod.time(), steady=0.0, profile=profile)
+        (runtime / f"{prefix}token.json").write_bytes(tok.render("json", 0.0))
+        (runtime / f"{prefix}openai.env").write_bytes(tok.render("env", 0.0))
+    quick = cli._quick_output(cli._quick_args(argv))
+    assert quick is not None
+    args = cli.build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert quick == capsys.readouterr().out
+
+
+def test_quick_answer_steps_aside(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config file, an env file too close to expiry or malformed, json output or the
+    proxy's variables: the full command runs (and says what is wrong)."""
+    import time as time_mod
+
+    from tokend import cli
+
+    runtime = short_tmp / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TOKEND_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("TOKEND_CONFIG", raising=False)
+    cfg = short_tmp / "cfg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(cfg))
+    env_file = runtime / "openai.env"
+    later = int(time_mod.time()) + 600
+
+    def quick(*argv: str) -> str | None:
+        return cli._quick_output(cli._quick_args(list(argv)))
+
+    env_file.write_text(f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later}\n")
+    assert quick("token") == "ya29.ok\n"
+    assert quick("token", "--format", "json") is None
+    assert quick("env", "--proxy") is None
+    assert quick("token", "--min-valid", "900") is None  # 600 s left
+    (cfg / "tokend").mkdir(parents=True)
+    (cfg / "tokend" / "config.toml").write_text("")
+    assert quick("token") is None  # a config file may move the sinks
+    (cfg / "tokend" / "config.toml").unlink()
+    for bad in (
+        f"OPENAI_API_KEY=ya29.$(rm -rf ~)\nTOKEND_EXPIRES_AT={later}\n",
+        "OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT=soon\n",
+        f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later - 590}\nTOKEND_LIFETIME=3600\n",
+        "OPENAI_API_KEY=ya29.ok\n",
+    ):
+        env_file.write_text(bad)
+        assert quick("token") is None, bad
+    env_file.unlink()
+    assert quick("token") is None

@@ -9,16 +9,31 @@ The package's face is the client API (stdlib only)::
 
 __version__ = "0.1.0"
 
-# After __version__: the client's imports never read it, but cli.py imports it from here.
-from tokend.client import (
-    TokenInfo,
-    TokenUnavailable,
-    openai_base_url,
-    token,
-    token_async,
-    token_info,
-    token_info_async,
-)
+# The client API is imported on first use (PEP 562), not with the package: `tokend token`
+# and `tokend env` import tokend.cli, and on their quick path never need tokend.client.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tokend.client import (
+        TokenInfo,
+        TokenUnavailable,
+        openai_base_url,
+        token,
+        token_async,
+        token_info,
+        token_info_async,
+    )
+else:
+
+    def __getattr__(name: str) -> object:
+        if name == "client" or (name in __all__ and name != "__version__"):
+            from importlib import import_module
+
+            client = import_module("tokend.client")  # sets tokend.client as it loads
+            value = client if name == "client" else getattr(client, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module 'tokend' has no attribute {name!r}")
+
 
 __all__ = [
     "TokenInfo",

@@ -1,8 +1,9 @@
 """Where tokend keeps things, and the trust checks on every directory it writes into.
 
-Defaults: :func:`default_runtime_dir` and :func:`default_config_path` are computed here,
-stdlib only, for the daemon and the client alike (the client imports this module, so it
-stays light: no platformdirs, whose import alone costs a client's whole start-up budget).
+Defaults: :func:`default_runtime_dir` and :func:`default_config_path` (computed in
+:mod:`tokend.places`, stdlib only), for the daemon and the client alike (the client
+imports this module, so it stays light: no platformdirs, whose import alone costs a
+client's whole start-up budget).
 
 Trust: a directory is only as safe as its ancestors. If another user can rename an
 ancestor (it is writable by others and not sticky, or simply theirs), she can swap what
@@ -43,7 +44,9 @@ import stat
 import sys
 from pathlib import Path
 
+from tokend import places
 from tokend.errors import ConfigError, UnsafePathError
+from tokend.places import APP, MAX_FILE_SIZE, read_regular
 
 # Kept off the client's import path (typing is imported by nothing else it loads).
 TYPE_CHECKING = False
@@ -73,13 +76,8 @@ __all__ = [
     "read_regular",
 ]
 
-APP = "tokend"
-
 #: sizeof(sockaddr_un.sun_path) minus the terminating NUL.
 SUN_PATH_MAX = 103 if sys.platform == "darwin" else 107
-
-#: Largest configuration, credentials or token file tokend reads: real ones are a few KiB.
-MAX_FILE_SIZE = 1 << 20
 
 #: The fix when a location is not the user's to change, per kind of path.
 RUNTIME_ELSEWHERE = "use a directory of your own (runtime_dir / TOKEND_RUNTIME_DIR)"
@@ -99,51 +97,14 @@ _O_DIR = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def default_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The runtime dir when none is configured: the one answer daemon and clients share.
-
-    Linux: ``$XDG_RUNTIME_DIR`` when it is an absolute path; else ``/run/user/$UID``
-    when that is an existing directory of ours; else ``$TMPDIR`` (or ``/tmp``)
-    ``/runtime-$UID``. macOS: ``~/Library/Caches/TemporaryItems``. Then ``tokend``.
-    That is platformdirs' ``user_runtime_dir`` for every ordinary setup (a test pins
-    it) without importing it; where platformdirs would silently move elsewhere (an
-    ``XDG_RUNTIME_DIR`` it dislikes, a fallback someone else created) the daemon's
-    checks refuse with the reason instead. Nothing is created here.
-    """
-    env = os.environ if env is None else env
-    if sys.platform == "darwin":
-        return Path(os.path.expanduser("~/Library/Caches/TemporaryItems"), APP)
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    if xdg.startswith("/"):
-        return Path(xdg, APP)
-    uid = os.geteuid()
-    run_user = f"/run/user/{uid}"
-    try:
-        st = os.stat(run_user)
-    except OSError:
-        pass
-    else:
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
-            return Path(run_user, APP)
-    tmp = env.get("TMPDIR", "")
-    # The predictable name in a shared /tmp is safe because the walk checks it: a
-    # runtime-$UID someone else made there is refused with its owner's name.
-    base = tmp if tmp.startswith("/") else "/tmp"  # noqa: S108
-    return Path(base, f"runtime-{uid}", APP)
+    """The runtime dir when none is configured (:func:`tokend.places.runtime_dir`)."""
+    return Path(places.runtime_dir(env))
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME`` (when absolute) else ``~/.config`` (macOS ``~/Library/
-    Application Support``), then ``tokend/config.toml``. ``$TOKEND_CONFIG`` and
-    ``--config`` come first; their callers handle them."""
-    env = os.environ if env is None else env
-    xdg = env.get("XDG_CONFIG_HOME", "")
-    if xdg.startswith("/"):
-        base = xdg
-    elif sys.platform == "darwin":
-        base = os.path.expanduser("~/Library/Application Support")
-    else:
-        base = os.path.expanduser("~/.config")
-    return Path(base, APP, "config.toml")
+    """The config file when neither ``--config`` nor ``$TOKEND_CONFIG`` names one
+    (:func:`tokend.places.config_path`)."""
+    return Path(places.config_path(env))
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -168,55 +129,6 @@ def is_within(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -
 
 
 # -- reading ----------------------------------------------------------------------------
-
-
-def read_regular(
-    path: str | os.PathLike[str],
-    limit: int = MAX_FILE_SIZE,
-    *,
-    dir_fd: int | None = None,
-    follow_symlinks: bool = True,
-) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, read without blocking.
-
-    The path may come from another program (gcloud, an editor, a sync tool) or an
-    attacker on the same uid: a FIFO there would block a plain ``open`` forever, and a
-    symlink to ``/dev/zero`` would be read until memory runs out. So the file is opened
-    ``O_NONBLOCK`` (a FIFO opens at once, and is then refused), checked with ``fstat``
-    on the descriptor actually opened, and read up to one byte past ``limit``.
-
-    Args:
-        dir_fd: open ``path`` relative to this directory descriptor (see :func:`open_dir`).
-        follow_symlinks: False opens with ``O_NOFOLLOW``: a symlink is an error (ELOOP).
-
-    Raises:
-        OSError: cannot be opened, or (``strerror`` says which) is not a regular file or
-            is larger than ``limit``. ``FileNotFoundError`` and ``PermissionError``
-            stay what they are, so callers can give their own advice.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or directory)")
-        if st.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:  # grew after the fstat
-            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 # -- the checked walk -------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """The one timestamp format tokend writes and reads (``2026-11-25T18:00:00Z``).
 
-A module of its own, importing only :mod:`datetime`, so that :mod:`tokend.client`
-can share it without loading :mod:`tokend.token`'s dataclasses and hashlib.
+A module of its own, so that :mod:`tokend.client` can share it without loading
+:mod:`tokend.token`'s dataclasses and hashlib; :mod:`datetime` is imported by the
+functions that use it, so that importing this module (``tokend token`` does, through
+:mod:`tokend.wire`) costs nothing until a time is formatted or parsed.
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 __all__ = ["format_duration", "format_time", "parse_time"]
 
@@ -14,11 +14,15 @@ __all__ = ["format_duration", "format_time", "parse_time"]
 def format_time(ts: float) -> str:
     """Whole seconds, rounded *down* so a reader never believes a token lives longer
     than it does."""
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> float:
     """Inverse of :func:`format_time` (accepts any ISO 8601 instant with an offset)."""
+    from datetime import datetime
+
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
