@@ -19,6 +19,7 @@ ROWS = (
     "1. `gcloud auth application-default print-access-token`",
     "2. new Python process: `google.auth.default()` + `refresh()`",
     "3. `tokend token`",
+    "3. `tokend env`",
     "4. `",  # the sh rows name the shell found (dash or sh)
     "5. in-process `tokend.client.token()`, token file",
     "5. in-process `tokend.client.token()`, socket",
@@ -67,12 +68,19 @@ def test_quick_bench_prints_the_whole_table(tmp_path: Path) -> None:
     for part in ("cores", "Python 3.", "command: `", "--quick"):
         assert part in head, head
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert table[0] == "| what | median | p99 | target | result |"
+    assert table[0] == "| what | median | p99 | floor | x floor | target | result |"
     for row in ROWS:
         assert any(line.startswith(f"| {row}") for line in table), (row, out)
-    # Every row has its five cells; a missed target is spelled out, never hidden.
+    # Every row has its seven cells; a missed target is spelled out, never hidden.
     for line in table[1:]:
-        assert len(line.strip("|").split(" | ")) == 5, line
+        assert len(line.strip("|").split(" | ")) == 7, line
+    # Every row but the held streams' (no other proxy held them) stands next to its
+    # floor, measured in the run, and its ratio to it.
+    for line in table[2:]:
+        cells = line.strip("| ").split(" | ")
+        if cells[0].startswith(("13. ", "7. ", "15. ", "1. ")):
+            continue  # 7: the floor is 0 calls; 15: not run without --with-litellm
+        assert cells[3] != "-" and cells[4].startswith("x"), line
     assert any("met" in line or "MISSED" in line for line in table[1:]), out
     # tokend itself never makes the clients call the token endpoint.
     calls = next(line for line in table if line.startswith("| 7.") and "(tokend token" in line)
