@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from tokend import __version__
 from tokend.errors import ConfigError, TokendError, UnsafePathError
@@ -71,6 +72,25 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"Authorization: Bearer {info.value}")
     else:
         print(info.value)
+    return EXIT_OK
+
+
+def cmd_id_token(args: argparse.Namespace) -> int:
+    """``tokend id-token --audience URL``: an ID token from the daemon (minted on the
+    first request for the audience), for ``curl -H "Authorization: Bearer …"``."""
+    from tokend import client
+
+    try:
+        obj = client.id_token_object(args.audience, args.profile, args.min_valid)
+    except ValueError as err:
+        print(f"{err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.format == "json":
+        _emit_json(obj)
+    elif args.format == "header":
+        print(f"Authorization: Bearer {obj['id_token']}")
+    else:
+        print(obj["id_token"])
     return EXIT_OK
 
 
@@ -436,6 +456,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser(
+        "id-token",
+        help="print an ID token for an audience (Cloud Run, IAP)",
+        description="Print an ID token whose aud is AUDIENCE, minted through the "
+        "profile's credentials (a service-account key, impersonate, or the metadata "
+        "server) and kept fresh by the daemon.",
+    )
+    profile_opts(p)
+    p.add_argument(
+        "--audience",
+        required=True,
+        metavar="URL",
+        help="the service's https:// URL or OAuth client id",
+    )
+    p.add_argument(
+        "--format",
+        choices=("raw", "json", "header"),
+        default="raw",
+        help="raw token, the /v1/id_token JSON object, or an Authorization header line",
+    )
+    p.set_defaults(func=cmd_id_token)
+
+    p = sub.add_parser(
         "env",
         help="print OPENAI_API_KEY, OPENAI_BASE_URL and TOKEND_EXPIRES_AT for a shell",
         description='eval "$(tokend env)" sets OPENAI_API_KEY (and OPENAI_BASE_URL when '
@@ -647,7 +689,12 @@ def _quick_args(argv: Sequence[str]) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokend`` console script. Returns the exit code."""
     args = _quick_args(sys.argv[1:] if argv is None else argv)
-    if args is None:
+    if args is not None:
+        out = _quick_output(args)
+        if out is not None:
+            sys.stdout.write(out)
+            return EXIT_OK
+    else:
         args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -657,3 +704,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokendError as err:
         print(f"tokend: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+#: What shlex.quote leaves unquoted.
+_SH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
+
+
+def _from_env_file(profile: str, min_valid: float | None) -> dict[str, str] | None:
+    """What ``tokend env`` prints, from the profile's env file (``openai.env``) read in its
+    cheapest form, when there is no config file (which could move the file, or give the
+    profile an OPENAI_BASE_URL): one ``stat`` of the config path, one read, no json,
+    pathlib or socket import. None for anything else (a config file, no env file, a token
+    too close to its expiry, anything malformed): the full client takes over, and says
+    what is wrong."""
+    from tokend import places, wire
+
+    if os.environ.get("TOKEND_CONFIG") or os.path.lexists(places.config_path()):
+        return None
+    if not (profile.isascii() and profile.replace("_", "").replace("-", "").isalnum()):
+        return None
+    runtime = os.environ.get("TOKEND_RUNTIME_DIR")
+    runtime = os.path.expanduser(runtime) if runtime else places.runtime_dir()
+    name = "openai.env" if profile == "default" else f"{profile}.openai.env"
+    try:
+        text = places.read_regular(os.path.join(runtime, name), 1 << 14).decode("ascii")
+        values = dict(line.split("=", 1) for line in text.splitlines() if line)
+        value = wire.check_token(values["OPENAI_API_KEY"])
+        expires_at = int(values["TOKEND_EXPIRES_AT"])
+        lifetime = int(values.get("TOKEND_LIFETIME", "0"))
+    except (OSError, ValueError, KeyError):
+        return None
+    wanted = wire.default_min_valid(lifetime) if min_valid is None else min_valid
+    if expires_at - time.time() <= wanted:
+        return None
+    return {"OPENAI_API_KEY": value, "TOKEND_EXPIRES_AT": str(expires_at)}
+
+
+def _quick_output(args: Any) -> str | None:
+    """``tokend token`` (raw, header) and ``tokend env`` (sh, fish, dotenv) from the env
+    file, byte for byte what the full commands print; None where they must run."""
+    if args.func is cmd_token and args.format in ("raw", "header"):
+        env = _from_env_file(args.profile, args.min_valid)
+        if env is None:
+            return None
+        key = env["OPENAI_API_KEY"]
+        return f"Authorization: Bearer {key}\n" if args.format == "header" else f"{key}\n"
+    if args.func is cmd_env and not args.proxy and args.format != "json":
+        env = _from_env_file(args.profile, args.min_valid)
+        if env is None:
+            return None
+        lines = []
+        for key, value in env.items():
+            if args.format == "fish":
+                lines.append(f"set -gx {key} {_fish_quote(value)};\n")
+            elif args.format == "dotenv":
+                lines.append(f"{key}={_dotenv_value(value)}\n")
+            else:
+                # A token never holds a quote: shlex.quote would put it in '...' too.
+                word = value if _SH_SAFE.issuperset(value) else f"'{value}'"
+                lines.append(f"export {key}={word}\n")
+        return "".join(lines)
+    return None
+
+
