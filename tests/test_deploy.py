@@ -478,6 +478,24 @@ def kubelet_volume(
     return path
 
 
+def kubelet_update(path: Path, files: dict[str, bytes], *, mode: int, gid: int = UID) -> None:
+    """A Secret's new content, as kubelet writes it: a new timestamped directory, a
+    ``..data_tmp`` symlink to it renamed over ``..data``, the old directory removed.
+    The files' own paths (``NAME -> ..data/NAME``) never change."""
+    old = os.readlink(path / "..data")
+    stamp = path / "..2026_12_08_06_05_00.000000002"
+    stamp.mkdir()
+    for name, content in files.items():
+        (stamp / name).write_bytes(content)
+        os.chown(stamp / name, 0, gid)
+        os.chmod(stamp / name, mode)
+    os.chown(stamp, 0, gid)
+    os.chmod(stamp, 0o2755)
+    os.symlink(stamp.name, path / "..data_tmp")
+    os.rename(path / "..data_tmp", path / "..data")
+    shutil.rmtree(path / old)
+
+
 @dataclass
 class Pod:
     """The sidecar, running as ``tokend run`` in its own mount namespace."""
@@ -609,7 +627,9 @@ def test_the_sidecar_in_a_pod_with_a_secret_and_the_proxy(
     a read-only root. 3. tokend runs as uid 65532, makes /run/tokend/private 0700 and
     writes the token files there. 4. The startup probe's command succeeds. 5. An app of
     the same uid, with the app container's env from the manifest, reads the token with
-    tokend.client and calls the Vertex-like stand-in through the proxy."""
+    tokend.client and calls the Vertex-like stand-in through the proxy. 6. The Secret is
+    updated to another service account's key, as kubelet does it (``..data`` swapped):
+    the token files name the new account within seconds, no restart."""
     needs_namespaces()
     os.chmod(short_tmp, 0o755)  # the pod's user passes through to the bind mounts
     port = free_port()
@@ -675,6 +695,14 @@ def test_the_sidecar_in_a_pod_with_a_secret_and_the_proxy(
             token, answer = ran.stdout.split()
             assert fake.is_valid(token) and answer == "ok"
             assert keys["OPENAI_API_KEY"] not in pod.log()
+
+            next_sa = "next@p.iam.gserviceaccount.com"
+            other = fake.write_service_account(short_tmp / "key2.json", next_sa)
+            kubelet_update(volumes["/var/run/secrets/tokend"],
+                           {"credentials.json": other.read_bytes()}, mode=0o440)  # fmt: skip
+            token_path = private / "work.token.json"
+            wait_for(lambda: json.loads(token_path.read_text())["account"]
+                     == next_sa, 10)  # fmt: skip
         assert api.requests and all(fake.is_valid(s.token) for s in api.requests)
 
 

@@ -5,6 +5,11 @@ own sinks replace files by rename, which a watch on the old inode would never se
 A path that does not exist yet (no ADC file before the first login) is watched
 through its nearest existing ancestor, and the set of watched directories is
 recomputed after every event, so creating ``~/.config/gcloud`` later is noticed too.
+
+Kubernetes updates a mounted Secret or ConfigMap without touching the file's own path:
+``NAME`` is a symlink to ``..data/NAME``, and kubelet swaps the ``..data`` symlink to a
+new directory by a rename. So an event on ``..data`` counts as a change of every target
+in its directory.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ try:  # watchdog >= 5 reports chmod/chown as its own event; older ones as a modi
 except ImportError:  # pragma: no cover - watchdog 4
     FileAttribEvent = FileModifiedEvent  # type: ignore[misc,assignment]
 
-__all__ = ["Watcher"]
+__all__ = ["KUBELET_DATA", "Watcher"]
+
+#: The symlink kubelet swaps when a mounted Secret or ConfigMap changes.
+KUBELET_DATA = "..data"
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,8 @@ class Watcher:
         self._targets: frozenset[Path] = frozenset()
         self._names: frozenset[str] = frozenset()  # the targets, as strings
         self._above: frozenset[str] = frozenset()  # every ancestor of a target
+        #: ``DIR/..data`` -> the targets in DIR (kubelet's atomic writer swaps it).
+        self._data_links: dict[str, list[Path]] = {}
         self._dirs: dict[Path, object] = {}
         self._observer = Observer()
         self._observer.daemon = True
@@ -111,6 +121,10 @@ class Watcher:
         self._targets = frozenset(Path(os.path.abspath(t)) for t in targets)
         self._names = frozenset(str(t) for t in self._targets)
         self._above = frozenset(a for t in self._names for a in _ancestors(t))
+        links: dict[str, list[Path]] = {}
+        for t in sorted(self._targets):
+            links.setdefault(os.path.join(t.parent, KUBELET_DATA), []).append(t)
+        self._data_links = links
         self._rearm()
 
     def start(self) -> None:
@@ -165,6 +179,8 @@ class Watcher:
     def _dispatch(self, paths: list[str], is_directory: bool = False) -> None:
         rearm = False
         for p in paths:
+            for target in self._data_links.get(p, ()):
+                self._on_change(target)
             if self._relevant(p):
                 self._on_change(Path(p))
                 # Only a directory coming or going (or a target's ancestor, whatever
