@@ -618,3 +618,18 @@ def test_cli_and_client_get_id_tokens(
     with pytest.raises(client.TokenUnavailable, match="not running") as info:
         client.id_token("https://third.example.com")
     assert "\n" not in str(info.value)
+
+
+def test_the_readme_id_token_commands(fake: FakeGoogle, short_tmp: Path) -> None:
+    """The README's ID token commands, in a user's shell, print a token that verifies
+    for the README's audience (the CLI's raw token; curl's /v1/id_token object)."""
+    from tests.test_readme import ID_TOKEN_CLI, ID_TOKEN_CURL, ID_TOKEN_RUN, sh, user_shell
+
+    with user_shell(fake, short_tmp) as env:
+        printed = sh(ID_TOKEN_CLI, env)
+        assert printed.returncode == 0, printed.stderr
+        verify(fake, printed.stdout.strip(), ID_TOKEN_RUN)
+        answer = json.loads(sh(ID_TOKEN_CURL, env).stdout)
+        assert answer["audience"] == ID_TOKEN_RUN
+        assert answer["id_token"] == printed.stdout.strip()  # the cached one
+        verify(fake, answer["id_token"], ID_TOKEN_RUN)

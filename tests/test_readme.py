@@ -81,6 +81,18 @@ NOT_HERE.update(
         "kubectl apply -f tokend.yaml": "no cluster here (the manifests are schema-validated)",
     }
 )
+# ID tokens: tests/test_idtokens.py runs these with the README's words against a daemon.
+ID_TOKEN_RUN = "https://hello-abc123-uc.a.run.app"
+ID_TOKEN_CLI = f"tokend id-token --audience {ID_TOKEN_RUN}"
+ID_TOKEN_CURL = (
+    'curl -s --unix-socket "$XDG_RUNTIME_DIR/tokend/tokend.sock" '
+    f"'http://tokend/v1/id_token?audience={ID_TOKEN_RUN}'"
+)
+for _command in (ID_TOKEN_CLI, ID_TOKEN_CURL):
+    ELSEWHERE[_command] = "tests/test_idtokens.py::test_the_readme_id_token_commands"
+NOT_HERE[f'curl -H "Authorization: Bearer $({ID_TOKEN_CLI})" {ID_TOKEN_RUN}/'] = (
+    "needs a Cloud Run service (its token is the one the commands above print)"
+)
 #: Run below, in a shell, with the README's own words.
 HERE = {
     "tokend token",
