@@ -821,3 +821,18 @@ def test_readme_deploy_command(short_tmp: Path) -> None:
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment"]
     for doc in docs:
         kubernetes_validate.validate(doc, OLDEST, strict=True)
+
+
+def test_the_parser_does_not_load_the_manifests_module(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command that goes through argparse builds the whole parser: it must not
+    import tokend.service (subprocess, tempfile, ...); the uid its help states is
+    kubernetes.UID all the same."""
+    code = (
+        "import sys; from tokend.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith('tokend.service')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    with pytest.raises(SystemExit):
+        main(["deploy", "kubernetes", "--help"])
+    assert f"uid {UID}" in capsys.readouterr().out

@@ -573,9 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_container_commands(sub: Any) -> None:
-    """``tokend health`` (probes) and ``tokend deploy kubernetes`` (manifests)."""
-    from tokend.service.kubernetes import UID
-
+    """``tokend health`` (probes) and ``tokend deploy kubernetes`` (manifests). The
+    uid in the help is tokend.service.kubernetes.UID, not imported: every command that
+    builds the parser would pay for tokend.service's imports (a test pins the number)."""
     p = sub.add_parser(
         "health",
         help="exit 0 when every profile holds a valid token (/healthz), else 1",
@@ -593,7 +593,7 @@ def add_container_commands(sub: Any) -> None:
         help="tokend as a native sidecar: a ConfigMap and a Deployment, Job or Pod",
         description="Print Kubernetes manifests (nothing is applied): tokend as a native "
         "sidecar (Kubernetes >= 1.29) sharing a memory-backed /run/tokend with the app, "
-        f"every container as uid {UID}. Pipe to `kubectl apply -f -` or merge the pod spec "
+        "every container as uid 65532. Pipe to `kubectl apply -f -` or merge the pod spec "
         "into your own.",
     )
     k.add_argument("--image", default=f"tokend:{__version__}", help="tokend's image")
