@@ -24,9 +24,11 @@ FROM python:3.11-slim-bookworm
 # The same base as the build stage: the virtualenv's python is this image's.
 COPY --from=build /opt/tokend /opt/tokend
 # 65532: a non-root uid with no name needed (distroless' "nonroot"). The runtime dir
-# is 0700 and this user's, as tokend requires; so are the state dir (the proxy's
-# keys) and HOME (where `credentials = "adc"` looks for gcloud's file).
-RUN install -d -m 0700 -o 65532 -g 65532 /run/tokend /var/lib/tokend /home/tokend
+# is 0700 and this user's, as tokend requires; so is the state dir (the proxy's keys).
+# HOME (where `credentials = "adc"` looks for gcloud's file) is 0755, so that a
+# container run with --user as someone else still reaches a gcloud dir mounted there.
+RUN install -d -m 0700 -o 65532 -g 65532 /run/tokend /var/lib/tokend \
+    && install -d -m 0755 -o 65532 -g 65532 /home/tokend
 # DL3064 reads "TOKEN" in TOKEND_* as a secret; these name directories, not secrets.
 # hadolint ignore=DL3064
 ENV PATH=/opt/tokend/bin:$PATH \

@@ -836,3 +836,107 @@ def test_the_parser_does_not_load_the_manifests_module(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["deploy", "kubernetes", "--help"])
     assert f"uid {UID}" in capsys.readouterr().out
+
+
+def build_context(directory: Path) -> Path:
+    """What a builder receives: the checkout filtered by .dockerignore (an allow-list
+    after ``*``; ``**/`` patterns excluded again)."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    excluded = [r[3:] for r in rules if r.startswith("**/")]
+    context = directory / "context"
+    context.mkdir()
+    for rule in rules:
+        if not rule.startswith("!"):
+            continue
+        source = ROOT / rule[1:].rstrip("/")
+        if source.is_dir():
+            shutil.copytree(source, context / source.name, ignore=shutil.ignore_patterns(*excluded))
+        else:
+            shutil.copy2(source, context / source.name)
+    return context
+
+
+def final_stage_env() -> dict[str, str]:
+    """The last stage's ENV, as Docker sets it (``$PATH`` expanded from the base)."""
+    ins = instructions()
+    last = max(i for i, (word, _) in enumerate(ins) if word == "FROM")
+    env: dict[str, str] = {}
+    for word, args in ins[last:]:
+        if word == "ENV":
+            for pair in args.split():
+                name, _, value = pair.partition("=")
+                env[name] = value.replace("$PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_images_steps_without_docker(
+    fake: FakeGoogle, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the image does, with this machine's Python in place of the base image:
+    1. the build stage's commands on the build context .dockerignore admits (pip
+    install of the package from PyPI into /opt/tokend, pip and setuptools removed);
+    2. the run stage's directories, ENV, USER and ENTRYPOINT in a mount namespace with
+    a read-only root, the venv at /opt/tokend and credentials from the environment:
+    `tokend run` writes the token into the /run/tokend volume; 3. the HEALTHCHECK's
+    command exits 0."""
+    needs_namespaces()
+    os.chmod(short_tmp, 0o755)
+    context = build_context(short_tmp)
+    assert sorted(p.name for p in context.iterdir()) == ["README.md", "pyproject.toml", "tokend"]
+    assert not list(context.rglob("__pycache__"))
+    venv = short_tmp / "opt-tokend"
+    for step in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin/pip"), "install", "--quiet", "--no-cache-dir", str(context)],
+        [str(venv / "bin/pip"), "uninstall", "--quiet", "--yes", "pip", "setuptools"],
+    ):
+        done = subprocess.run(step, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert not (venv / "bin/pip").exists() and (venv / "bin/tokend").exists()
+    key = fake.write_service_account(short_tmp / "sa.json")
+    os.chmod(key, 0o444)
+    env = {**final_stage_env(), **fake.env(), "NO_PROXY": "127.0.0.1,localhost"}
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(key)  # "config from the environment"
+    uid, _, gid = next(a for w, a in instructions() if w == "USER").partition(":")
+    script = "\n".join(
+        [
+            "set -e",
+            "mount -t tmpfs -o size=1m,mode=0755 tmpfs /run",
+            "mkdir -p /opt/tokend /run/tokend /var/lib/tokend",
+            f"chown {uid}:{gid} /run/tokend /var/lib/tokend && chmod 0700 /run/tokend",
+            "mount -t tmpfs -o size=64k,mode=0755 tmpfs /opt",
+            "mkdir /opt/tokend",
+            f"mount --bind {venv} /opt/tokend",
+            "mount -o remount,bind,ro /",
+            f'exec setpriv --reuid {uid} --regid {gid} --clear-groups --inh-caps=-all "$@"',
+        ]
+    )
+    entrypoint = json.loads(next(a for w, a in instructions() if w == "ENTRYPOINT"))
+    log_path = short_tmp / "container.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *entrypoint],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd="/",
+        )  # fmt: skip
+    try:
+        token_file = Path(f"/proc/{proc.pid}/root/run/tokend/token")
+        wait_for(lambda: token_file.exists() or proc.poll() is not None, 30)
+        assert proc.poll() is None, log_path.read_text()
+        assert fake.is_valid(token_file.read_text())
+        assert token_file.stat().st_uid == int(uid)
+        health = next(a for w, a in instructions() if w == "HEALTHCHECK")
+        check = json.loads(health[health.index("CMD") + 3 :].strip())
+        probe = subprocess.run(
+            ["nsenter", "--target", str(proc.pid), "--mount",
+             "setpriv", "--reuid", uid, "--regid", gid, "--clear-groups", *check],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    for secret in fake.secrets():
+        assert secret not in log_path.read_text()
