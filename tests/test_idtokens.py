@@ -387,6 +387,43 @@ def test_audiences_are_cached_and_the_least_recently_used_is_evicted(
     asyncio.run(scenario())
 
 
+def test_a_flood_of_audiences_cannot_start_fetches_without_bound(
+    fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """max_audiences = 2 and Google slow to answer (1.5 s):
+    1. a and b are minting; a third audience is refused with 429 at once (evicting a
+       minting entry would leave its fetch running: a flood would start fetches
+       without bound), and nothing is asked of Google for it.
+    2. Once they are minted, the third is served (the least recently used dropped)."""
+    key = fake.write_service_account(tmp_path / "sa.json")
+    a, b, c = (f"https://{n}.example.com" for n in "abc")
+
+    async def scenario() -> None:
+        endpoints, ids = _endpoints(fake, key, 2)
+        fake.hang(1.5, count=2)
+        try:
+            for audience in (a, b):
+                answer = await endpoints.fresh_id_token(IdTokenQuery(audience, wait=0))
+                assert isinstance(answer, Answer) and answer.status == 503  # starting
+            await asyncio.sleep(0.2)
+            busy = await endpoints.id_token(IdTokenQuery(c, wait=5))
+            assert busy.status == 429
+            assert json.loads(busy.body)["error"] == "too_many_audiences"
+            assert fake.calls["id_token"] == 2 and _audiences(ids) == [a, b]
+            tok = await endpoints.fresh_id_token(IdTokenQuery(a, wait=5))
+            assert isinstance(tok, Token)
+            deadline = time.monotonic() + 5
+            while ids.current("default", b) is not None and ids.current("default", b).refreshing:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            tok = await endpoints.fresh_id_token(IdTokenQuery(c, wait=5))
+            assert isinstance(tok, Token) and _audiences(ids) == [a, c]
+        finally:
+            await ids.stop()
+
+    asyncio.run(scenario())
+
+
 def test_an_audience_is_refreshed_like_an_access_token_and_dropped_when_idle(
     fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -633,3 +670,50 @@ def test_the_readme_id_token_commands(fake: FakeGoogle, short_tmp: Path) -> None
         assert answer["audience"] == ID_TOKEN_RUN
         assert answer["id_token"] == printed.stdout.strip()  # the cached one
         verify(fake, answer["id_token"], ID_TOKEN_RUN)
+
+
+def test_a_configured_file_follows_new_credentials_and_is_removed_before_expiry(
+    fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """1. The credentials file is replaced by another account's key: the ID token file
+       holds a token for the new account within a few seconds (no waiting for its
+       scheduled refresh, 30 s away).
+    2. SIGUSR1 refreshes it now (to a 4 s token); then Google fails every request:
+       the file keeps the last token while it is valid, and is removed before it
+       expires (never an expired token on disk).
+    The daemon keeps running and says why in /v1/status."""
+    fake.lifetime = 40
+    other = "other@fake-project.iam.gserviceaccount.com"
+    config = sa_config(
+        fake, short_tmp, f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "run.jwt"\n'
+    )
+    with run_daemon(fake, short_tmp, config) as d:
+        first = wait_for(lambda: d.read("run.jwt"), 10).decode()
+        assert read_jwt_claims(first)["email"] == SA
+        fake.write_service_account(short_tmp / "sa.json", email=other)
+
+        def new_identity() -> bool:
+            raw = d.read("run.jwt")
+            return raw is not None and read_jwt_claims(raw.decode())["email"] == other
+
+        wait_for(new_identity, 10)
+        fake.lifetime = 4  # then SIGUSR1: a 4 s token, so the outage outlives it soon
+        d.signal(signal.SIGUSR1)
+
+        def short_token() -> str | None:
+            raw = d.read("run.jwt")
+            if raw is None:
+                return None
+            claims = read_jwt_claims(raw.decode())
+            return raw.decode() if claims["exp"] - claims["iat"] == 4 else None
+
+        last = wait_for(short_token, 10)
+        fake.fail(503)
+        exp = read_jwt_claims(last)["exp"]
+        while d.read("run.jwt") is not None:
+            assert time.time() < exp, "the file outlived its token"
+            time.sleep(0.02)
+        assert time.time() < exp
+        _, st = get_json(d.file("tokend.sock"), "/v1/status")
+        (entry,) = st["id_tokens"]
+        assert entry["state"] in ("retrying", "expired") and entry["consecutive_failures"] >= 1

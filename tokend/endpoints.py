@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokend import __version__, clock, wire
 from tokend.errors import ADVICE
+from tokend.idtokens import Busy
 from tokend.metrics import CONTENT_TYPE, Metrics
 from tokend.refresher import ProfileRefresher, State
 from tokend.token import Token
@@ -376,7 +377,15 @@ class Endpoints:
             return error(404, "not_found", "this tokend serves no ID tokens")
         if query.profile not in self.served.refreshers:
             return self._unknown_profile(query.profile)
-        r = ids.get(query.profile, query.audience)
+        try:
+            r = ids.get(query.profile, query.audience)
+        except Busy:
+            return error(
+                429,
+                "too_many_audiences",
+                f"{ids.max_audiences} audiences are being minted at once "
+                "(max_id_token_audiences); retry in a moment",
+            )
         tok = r.valid_token(query.min_valid)
         if tok is not None:
             return tok

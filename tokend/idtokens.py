@@ -40,7 +40,14 @@ from tokend.refresher import ProfileRefresher
 from tokend.sinks import FileSink
 from tokend.token import Token
 
-__all__ = ["DEFAULT_MAX_AUDIENCES", "AudienceSource", "IdTokenSource", "IdTokens", "entry_name"]
+__all__ = [
+    "DEFAULT_MAX_AUDIENCES",
+    "AudienceSource",
+    "Busy",
+    "IdTokenSource",
+    "IdTokens",
+    "entry_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,12 @@ class AudienceSource:
         return self.source.credentials_id()
 
 
+class Busy(Exception):
+    """Every asked-for entry is minting right now: a new audience would evict one whose
+    fetch is in flight, and its abandoned fetch would keep running meanwhile, so a
+    client flooding audiences could start fetches without bound. Refused instead."""
+
+
 def entry_name(profile: str, audience: str) -> str:
     """How an entry is named in logs, status and errors."""
     return f"{profile} (ID token for {audience})"
@@ -160,11 +173,18 @@ class IdTokens:
     def get(self, profile: str, audience: str) -> ProfileRefresher:
         """The entry for ``audience`` (already checked) of ``profile`` (known to exist),
         made and started if there is none, and marked used now. Making one may drop
-        the least recently used asked-for entry."""
+        the least recently used asked-for entry that is not minting.
+
+        Raises:
+            Busy: the cache is full of asked-for entries that are all minting."""
         key = (profile, audience)
         entry = self._entries.get(key)
         now = clock.steady()
         if entry is None:
+            if self.asked >= self.max_audiences and not any(
+                not e.configured and not e.refresher.refreshing for e in self._entries.values()
+            ):
+                raise Busy
             entry = self._start(profile, audience, (), configured=False)
             self._evict()
         self._entries.move_to_end(key)
@@ -314,8 +334,11 @@ class IdTokens:
         return entry
 
     def _evict(self) -> None:
+        """Drop the least recently used asked-for entries that are not minting (the new
+        one is minting) until the bound holds."""
         while self.asked > self.max_audiences:
-            oldest = next(e for e in self._entries.values() if not e.configured)
+            idle = [e for e in self._entries.values() if not e.configured]
+            oldest = next((e for e in idle if not e.refresher.refreshing), idle[0])
             self._drop(oldest, f"more than {self.max_audiences} audiences were asked for")
 
     def _drop(self, entry: _Entry, why: str) -> None:
