@@ -584,6 +584,14 @@ def test_daemon_serves_id_tokens_on_the_socket_and_in_files(
         assert all(t["state"] == "fresh" and t["profile"] == "default" for t in listed.values())
         text = json.dumps(st)
         assert body["id_token"] not in text and first not in text
+        shown = subprocess.run(
+            [sys.executable, "-m", "tokend", "status"],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        assert f"default (ID token for {RUN})" in shown and body["id_token"] not in shown
         assert get_json(sock, "/healthz")[0] == 200
         d.config_path.write_text(sa_config(fake, short_tmp))
         d.signal(signal.SIGHUP)

@@ -181,6 +181,26 @@ def _ago(iso: str | None, now: float, *, future: bool) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def _id_token_rows(status: dict[str, Any], now: float) -> list[tuple[str, str, str, str, str, str]]:
+    """``tokend status`` rows for the ID tokens the daemon caches (never a token)."""
+    from tokend.timefmt import format_duration
+
+    rows = []
+    for t in status.get("id_tokens") or []:
+        expires_in = t.get("expires_in")
+        rows.append(
+            (
+                f"{t.get('profile')} (ID token for {t.get('audience')})",
+                str(t.get("account") or "-"),
+                str(t.get("state") or "?"),
+                "-" if expires_in is None else format_duration(int(expires_in)),
+                _ago(t.get("next_refresh"), now, future=True),
+                str(t.get("last_error") or "-").replace("\n", " "),
+            )
+        )
+    return rows
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
@@ -206,6 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 (p.get("last_error") or "-").replace("\n", " "),
             )
         )
+    rows.extend(_id_token_rows(status, now))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]

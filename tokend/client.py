@@ -670,6 +670,7 @@ ID_TOKEN_WAIT = 10.0
 #: The daemon keeps at most max_id_token_audiences of them fresh; this holds what it
 #: answered.
 _ID_TOKENS: dict[tuple[str, str, str], tuple[dict[str, Any], float, float]] = {}
+_MAX_ID_TOKENS = 64
 
 
 def id_token_object(
@@ -721,6 +722,8 @@ def id_token_object(
         raise TokenUnavailable(f"tokend on {path} sent a malformed ID token object") from None
     if got != audience or expires_at <= time.time():
         raise TokenUnavailable(f"tokend on {path} sent an ID token for another audience")
+    if len(_ID_TOKENS) >= _MAX_ID_TOKENS:
+        del _ID_TOKENS[next(iter(_ID_TOKENS))]  # the oldest: a bound, not an LRU
     _ID_TOKENS[key] = (body, expires_at, float(wire.stated_lifetime(body)))
     return dict(body)
 

@@ -258,6 +258,7 @@ class IdTokens:
     def clock_jumped(self, jump: clock.Jump) -> None:
         for entry in self._entries.values():
             entry.refresher.clock_jumped(jump)
+        self._wake.set()  # the sweeper's timer slept through a suspend too
 
     def refresh_all(self) -> None:
         for entry in self._entries.values():
