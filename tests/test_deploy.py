@@ -528,7 +528,7 @@ AS_POD_USER = [
 ]  # fmt: skip
 
 
-def layout_script(volumes: dict[str, Path], work: Path, run_mode: str) -> str:
+def layout_script(volumes: dict[str, Path], work: Path, run_mode: str, fs_group: int) -> str:
     """Shell run as root in the new mount namespace, before tokend starts: the pod's
     mounts, then the root filesystem read-only (readOnlyRootFilesystem)."""
     lines = [
@@ -540,6 +540,8 @@ def layout_script(volumes: dict[str, Path], work: Path, run_mode: str) -> str:
         "[ -L /var/run ] || mount -t tmpfs -o size=1m,mode=0755 tmpfs /var/run",
         "mkdir -p /run/tokend",
         f"mount -t tmpfs -o size=1m,mode={run_mode} tmpfs /run/tokend",
+        # The pod's fsGroup: kubelet gives the volume that group and adds g+rwxs.
+        f"chgrp {fs_group} /run/tokend && chmod g+rwxs /run/tokend",
         # /etc/tokend and /var/lib/tokend need mount points the host does not have.
         f"mkdir -p {work}/etc-upper {work}/etc-work",
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={work}/etc-upper,"
@@ -581,7 +583,8 @@ def run_pod(
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             layout_script(volumes, work, run_mode), "sh", "tokend", "run"],
+             layout_script(volumes, work, run_mode, spec["securityContext"]["fsGroup"]),
+             "sh", "tokend", "run"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd="/",
         )  # fmt: skip
     pod = Pod(proc, log_path, env)
@@ -667,7 +670,8 @@ def test_the_sidecar_in_a_pod_with_a_secret_and_the_proxy(
             private = pod.root / "run/tokend/private"
             st_dir = private.stat()
             assert (st_dir.st_uid, st_dir.st_mode & 0o777) == (UID, 0o700)
-            assert (pod.root / "run/tokend").stat().st_mode & 0o7777 == 0o1777
+            volume = (pod.root / "run/tokend").stat()  # sticky, setgid, group fsGroup
+            assert (volume.st_mode & 0o7777, volume.st_gid) == (0o3777, UID)
             token_json = json.loads(wait_for(lambda: (private / "work.token.json").exists()
                                              and (private / "work.token.json").read_text()))
             assert fake.is_valid(token_json["access_token"])
@@ -744,8 +748,9 @@ def test_the_sidecar_in_a_pod_with_workload_identity_federation(
 def test_a_disk_backed_emptydir_is_refused_with_the_reason(
     fake: FakeGoogle, short_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An emptyDir without medium: Memory is 0777 without the sticky bit: anyone in the
-    pod could swap tokend's directory. tokend says so in one line and exits 2."""
+    """An emptyDir without medium: Memory is 0777 without the sticky bit (2777 with the
+    pod's fsGroup): anyone in the pod could swap tokend's directory. tokend says so in
+    one line and exits 2."""
     needs_namespaces()
     os.chmod(short_tmp, 0o755)
     code, manifest, _ = deploy(capsys, "--credentials", "metadata")
@@ -760,7 +765,7 @@ def test_a_disk_backed_emptydir_is_refused_with_the_reason(
         assert pod.proc.wait(30) == 2
         lines = [ln for ln in pod.log().splitlines() if ln.strip()]
         assert len(lines) == 1, lines
-        assert "/run/tokend: mode 0777 is group/world writable without the sticky bit" in lines[0]
+        assert "/run/tokend: mode 2777 is group/world writable without the sticky bit" in lines[0]
 
 
 # -- tokend health (the probes' and HEALTHCHECK's command) ---------------------------------

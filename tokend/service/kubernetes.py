@@ -14,11 +14,13 @@ merge into one's own:
   to restart tokend, which keeps serving its last good token meanwhile.
 - The runtime dir is ``/run/tokend/private`` on an ``emptyDir`` with ``medium: Memory``
   mounted at ``/run/tokend`` in both containers. The volume's root is a tmpfs root, owned
-  by root with mode 1777 (sticky, like ``/tmp``): tokend's directory checks accept a
-  directory of its own below a sticky one, and it creates ``private`` itself, 0700. A
-  disk-backed ``emptyDir`` is 0777 without the sticky bit, which tokend refuses (anyone in
-  the pod could swap the directory), so the medium is not only about keeping tokens off
-  disk. The app runs as the same uid (pod-level ``runAsUser``) to enter the 0700 directory.
+  by root with mode 1777 (sticky, like ``/tmp``; 3777, group 65532, once kubelet applies
+  the pod's ``fsGroup``): tokend's directory checks accept a directory of its own below a
+  sticky one, and it creates ``private`` itself, 0700 (clearing the setgid bit it would
+  inherit). A disk-backed ``emptyDir`` is 0777 (2777) without the sticky bit, which
+  tokend refuses (anyone in the pod could swap the directory), so the medium is not only
+  about keeping tokens off disk. The app runs as the same uid (pod-level ``runAsUser``)
+  to enter the 0700 directory.
 - Credentials: a Secret holding a credentials file, mounted read-only with mode 0440 and
   the pod's ``fsGroup`` (kubelet makes the files root-owned, group ``fsGroup``, behind its
   ``..data`` symlinks, which tokend reads through); or an ``external_account`` (workload
