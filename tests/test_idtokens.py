@@ -280,11 +280,59 @@ def test_endpoint_faults_are_retryable(fake: FakeGoogle, tmp_path: Path, fault: 
 
 
 def test_read_jwt_claims_bounds() -> None:
+    import base64
+
     with pytest.raises(ValueError, match="characters long"):
         read_jwt_claims("a" * 4097)
     with pytest.raises(ValueError, match="missing"):
         read_jwt_claims(None)
+    # Nested deeper than the recursion limit (json raises RecursionError, not ValueError).
+    nested = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1500).rstrip(b"=").decode()
+    with pytest.raises(ValueError, match="not base64url JSON"):
+        read_jwt_claims(f"e30.{nested}.x")
     assert read_jwt_claims("eyJhIjoxfQ.eyJhIjoxfQ.x") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[[profiles.default.id_tokens]]\naudience = "http://x"\npath = "x.jwt"\n',
+            "profiles.default.id_tokens[0].audience: audience must be an absolute https://",
+        ),
+        (
+            f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "x"\nformat = "env"\n',
+            "profiles.default.id_tokens[0].format: must be raw or json",
+        ),
+        (
+            f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "token"\n',
+            "profiles.default.id_tokens[0].path: ",
+        ),
+        (
+            f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "../x"\n',
+            'profiles.default.id_tokens[0].path: ../x: ".." is not allowed',
+        ),
+        (
+            f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "a"\n'
+            f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "b"\n',
+            f"profiles.default.id_tokens: audience {RUN} is listed twice",
+        ),
+        ("max_id_token_audiences = 0\n", "max_id_token_audiences: must be a whole number"),
+        ('max_id_token_audiences = "16"\n', "max_id_token_audiences: must be a whole number"),
+    ],
+)
+def test_id_token_configuration_errors_are_one_line(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    from tokend.config import load
+    from tokend.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load(path, {"TOKEND_RUNTIME_DIR": str(tmp_path / "rt")})
+    assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+    assert "\n" not in str(info.value)
 
 
 # -- audiences --------------------------------------------------------------------------

@@ -873,7 +873,7 @@ def read_jwt_claims(value: object) -> dict[str, Any]:
     part = value.split(".")[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[… nested past the limit
         raise ValueError("its claims are not base64url JSON") from None
     if not isinstance(claims, dict):
         raise ValueError("its claims are not a JSON object")
