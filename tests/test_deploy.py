@@ -945,3 +945,26 @@ def test_the_images_steps_without_docker(
         proc.wait(10)
     for secret in fake.secrets():
         assert secret not in log_path.read_text()
+
+
+def test_the_sidecar_in_a_pod_with_the_metadata_server(
+    fake: FakeGoogle, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--credentials metadata (GKE with Workload Identity): only the ConfigMap is
+    mounted, and the token comes from the metadata server (FakeGoogle's, named by
+    GCE_METADATA_HOST as GKE's is by its well-known address)."""
+    needs_namespaces()
+    os.chmod(short_tmp, 0o755)
+    code, manifest, err = deploy(capsys, "--credentials", "metadata")
+    assert code == 0, err
+    volumes_in_spec = {v["name"] for v in pod_spec_of(docs_of(manifest)[1])["volumes"]}
+    assert volumes_in_spec == {"tokend-run", "tokend-config"}
+    data = docs_of(manifest)[0]["data"]
+    volumes = {
+        "/etc/tokend": kubelet_volume(
+            short_tmp / "cm", {k: v.encode() for k, v in data.items()}, mode=0o644, gid=None
+        )
+    }
+    with run_pod(manifest, short_tmp, volumes, fake) as pod:
+        token = (pod.root / "run/tokend/private/token").read_text()
+        assert fake.is_valid(token) and fake.calls["metadata"] >= 1
