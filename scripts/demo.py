@@ -34,8 +34,11 @@ def show(runtime: Path, fake: FakeGoogle) -> str:
 
 
 class ProxyClient:
-    """What most tools do: read OPENAI_BASE_URL and OPENAI_API_KEY once (here from
-    proxy.env) and keep one client. Through the proxy it outlives every token."""
+    """What most tools do: read OPENAI_BASE_URL and OPENAI_API_KEY from the environment
+    once, at start, and keep one client. Here the environment comes from proxy.env (as
+    `set -a; . proxy.env` or systemd's EnvironmentFile= would set it), and the client is
+    the SDK's default, `openai.OpenAI()`, with no arguments: through the proxy it
+    outlives every token."""
 
     def __init__(self, runtime: Path, api: FakeOpenAI) -> None:
         self.runtime = runtime
@@ -54,10 +57,8 @@ class ProxyClient:
                 text = (self.runtime / "proxy.env").read_text()
             except OSError:
                 return ""
-            env = dict(line.split("=", 1) for line in text.splitlines())
-            self.client = openai.OpenAI(
-                base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0
-            )
+            os.environ.update(line.split("=", 1) for line in text.splitlines() if line)
+            self.client = openai.OpenAI(max_retries=0)  # OPENAI_BASE_URL, OPENAI_API_KEY
         reply = self.client.chat.completions.create(
             model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}]
         )
@@ -66,7 +67,8 @@ class ProxyClient:
         if token not in self.tokens:
             self.tokens.append(token)
         return (
-            f"openai.OpenAI(), configured once from proxy.env: {reply.choices[0].message.content!r}"
+            f"openai.OpenAI(), configured once by the environment from proxy.env: "
+            f"{reply.choices[0].message.content!r}"
             f" (the proxy sent Google token {token[:14]}…, #{self.tokens.index(token) + 1})"
         )
 
