@@ -429,6 +429,8 @@ def test_audiences_are_cached_and_the_least_recently_used_is_evicted(
             tok_b = await endpoints.fresh_id_token(IdTokenQuery(b, wait=5))
             assert isinstance(tok_b, Token) and tok_b is not got[b]
             assert _audiences(ids) == [c, b] and fake.calls["id_token"] == 4
+            ids.max_audiences = 1  # a reload lowered the bound: the oldest goes at once
+            assert _audiences(ids) == [b]
         finally:
             await ids.stop()
 

@@ -160,13 +160,24 @@ class IdTokens:
         on_change: Callable[[ProfileRefresher], None] | None = None,
     ) -> None:
         self.make_source = make_source
-        self.max_audiences = max_audiences
+        self._max_audiences = max_audiences
         self.on_change = on_change
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()  # least recently used first
         self._by_refresher: dict[int, _Entry] = {}
         self._wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def max_audiences(self) -> int:
+        """Asked-for audiences kept at most; lowering it (a reload) drops the least
+        recently used at once."""
+        return self._max_audiences
+
+    @max_audiences.setter
+    def max_audiences(self, value: int) -> None:
+        self._max_audiences = value
+        self._evict()
 
     # -- what front ends use ------------------------------------------------------------
 
@@ -337,10 +348,10 @@ class IdTokens:
     def _evict(self) -> None:
         """Drop the least recently used asked-for entries that are not minting (the new
         one is minting) until the bound holds."""
-        while self.asked > self.max_audiences:
+        while self.asked > self._max_audiences:
             idle = [e for e in self._entries.values() if not e.configured]
             oldest = next((e for e in idle if not e.refresher.refreshing), idle[0])
-            self._drop(oldest, f"more than {self.max_audiences} audiences were asked for")
+            self._drop(oldest, f"more than {self._max_audiences} audiences were asked for")
 
     def _drop(self, entry: _Entry, why: str) -> None:
         if self._entries.get((entry.profile, entry.audience)) is entry:
