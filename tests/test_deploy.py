@@ -957,7 +957,8 @@ def test_the_sidecar_in_a_pod_with_the_metadata_server(
 ) -> None:
     """--credentials metadata (GKE with Workload Identity): only the ConfigMap is
     mounted, and the token comes from the metadata server (FakeGoogle's, named by
-    GCE_METADATA_HOST as GKE's is by its well-known address)."""
+    GCE_METADATA_HOST as GKE's is by its well-known address). An update of the
+    ConfigMap is a configuration reload."""
     needs_namespaces()
     os.chmod(short_tmp, 0o755)
     code, manifest, err = deploy(capsys, "--credentials", "metadata")
@@ -973,3 +974,8 @@ def test_the_sidecar_in_a_pod_with_the_metadata_server(
     with run_pod(manifest, short_tmp, volumes, fake) as pod:
         token = (pod.root / "run/tokend/private/token").read_text()
         assert fake.is_valid(token) and fake.calls["metadata"] >= 1
+        # An edited ConfigMap, as kubelet delivers it: the sidecar reloads, no restart.
+        changed = {k: v.encode() for k, v in data.items()}
+        changed["config.toml"] = b"timeout = 5\n" + changed["config.toml"]
+        kubelet_update(volumes["/etc/tokend"], changed, mode=0o644)
+        wait_for(lambda: "configuration reloaded" in pod.log(), 10)
