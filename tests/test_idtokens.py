@@ -22,6 +22,8 @@ import google.auth.transport.requests
 import pytest
 import requests
 from google.oauth2 import id_token as google_id_token
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import run_daemon, sa_config, wait_for
 from tests.reliability_util import get_json
@@ -350,6 +352,26 @@ def test_id_token_configuration_errors_are_one_line(
 )
 def test_audiences_accepted(audience: str) -> None:
     assert wire.check_audience(audience) == audience
+
+
+@given(st.text(max_size=600) | st.from_regex(r"https://[a-z0-9.\-]{1,40}(/[ -~]{0,40})?"))
+@settings(max_examples=300, deadline=None)
+def test_an_accepted_audience_is_always_safe(audience: str) -> None:
+    """Whatever is accepted can go into a log line, a status field, a metadata query
+    and a JWT claim as is: bounded, no space, quote, control character, ? # & $; an
+    https URL with a host, or no scheme at all."""
+    try:
+        accepted = wire.check_audience(audience)
+    except ValueError as err:
+        assert "\n" not in str(err)  # one line; the audience itself is never echoed
+        return
+    assert accepted == audience and 0 < len(audience) <= wire.MAX_AUDIENCE_LENGTH
+    assert all(c.isascii() and (c.isalnum() or c in "-._~:/@%+=,") for c in audience)
+    if "://" in audience:
+        scheme, _, rest = audience.partition("://")
+        assert scheme == "https" and rest.split("/")[0] and "@" not in rest.split("/")[0]
+    else:
+        assert audience[0].isalnum()
 
 
 @pytest.mark.parametrize(

@@ -1515,6 +1515,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  metadata      {fake.metadata_host}",
             f"  iam_endpoint  {fake.iam_endpoint}",
             f"  sts_uri       {fake.sts_uri}",
+            f"  certs_url     {fake.certs_url}  (ID tokens' signing certificates)",
             f"Vertex-like model API on {api.origin} (accepts only live tokens from it)",
             f"  OpenAI base   {api.vertex_base_url}",
             "credential files:",
