@@ -96,3 +96,25 @@ def test_below_a_target_directory_and_its_deletion(seen: Seen, tmp_path: Path) -
     (runtime / "again").write_text("x")
     seen.settle(lambda: runtime / "again" in seen.paths)
     assert runtime / "again" in seen.take()
+
+
+def test_kubelets_data_swap_reports_every_target_behind_it(seen: Seen, tmp_path: Path) -> None:
+    """A mounted Secret as kubelet writes it (``NAME -> ..data/NAME``, ``..data -> ..TS``):
+    an update renames a new ``..data`` into place and the files' own paths never change.
+    The swap reports each target in that directory, and nothing elsewhere."""
+    secret, other = tmp_path / "secret", tmp_path / "other"
+    secret.mkdir()
+    other.mkdir()
+    (secret / "..2026_1").mkdir()
+    (secret / "..2026_1" / "credentials.json").write_text("{}")
+    os.symlink("..2026_1", secret / "..data")
+    for name in ("credentials.json", "config.toml"):
+        os.symlink(f"..data/{name}", secret / name)
+    targets = [secret / "credentials.json", secret / "config.toml", other / "token"]
+    seen.watcher.set_targets(targets)
+    (secret / "..2026_2").mkdir()
+    (secret / "..2026_2" / "credentials.json").write_text('{"new": 1}')
+    os.symlink("..2026_2", secret / "..data_tmp")
+    os.rename(secret / "..data_tmp", secret / "..data")
+    seen.settle(lambda: set(targets[:2]) <= set(seen.paths))
+    assert seen.take() == set(targets[:2])
