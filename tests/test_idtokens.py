@@ -673,18 +673,29 @@ def test_daemon_serves_id_tokens_on_the_socket_and_in_files(
 
 
 def test_daemon_tells_user_credentials_to_impersonate(fake: FakeGoogle, short_tmp: Path) -> None:
-    """An authorized_user profile: /v1/id_token answers 503 id_token_unsupported at once,
-    with the one-line fix; the access token is unaffected."""
+    """1. An authorized_user profile: /v1/id_token answers 503 id_token_unsupported at
+       once, with the one-line fix; the access token is unaffected.
+    2. The fix, applied by a reload (impersonate = the service account): the same
+       request gets an ID token for that account."""
     user = fake.write_authorized_user(short_tmp / "user.json")
     config = f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n'
     with run_daemon(fake, short_tmp, config) as d:
+        sock = d.file("tokend.sock")
         started = time.monotonic()
-        status, body = get_json(d.file("tokend.sock"), f"/v1/id_token?audience={RUN}", 15)
+        status, body = get_json(sock, f"/v1/id_token?audience={RUN}", 15)
         assert time.monotonic() - started < 5
         assert status == 503 and body["error"] == "id_token_unsupported"
         assert "user credentials (authorized_user) cannot mint ID tokens" in body["detail"]
         assert "roles/iam.serviceAccountTokenCreator" in body["detail"]
-        assert get_json(d.file("tokend.sock"), "/v1/token")[0] == 200
+        assert get_json(sock, "/v1/token")[0] == 200
+        d.config_path.write_text(
+            config + f'impersonate = "{TARGET}"\niam_endpoint = "{fake.iam_endpoint}"\n'
+        )
+        d.signal(signal.SIGHUP)
+        d.wait_log("configuration reloaded")
+        status, body = get_json(sock, f"/v1/id_token?audience={RUN}", 15)
+        assert status == 200, body
+        assert body["account"] == TARGET and verify(fake, body["id_token"], RUN)["email"] == TARGET
 
 
 def test_cli_and_client_get_id_tokens(
