@@ -653,6 +653,51 @@ def test_anthropic_stream_raw_predict(fake: FakeGoogle, api: FakeOpenAI) -> None
     assert _sse_events(body)[-1][0] == "message_stop"
 
 
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+
+def test_gemini_generate_content(fake: FakeGoogle, api: FakeOpenAI) -> None:
+    token = fake.mint()
+    assert api.gemini_url("gemini-x") == (
+        f"{api.origin}/v1beta1/projects/{api.project}/locations/{api.location}"
+        "/publishers/google/models/gemini-x:generateContent"
+    )
+    for version in ("v1beta1", "v1"):
+        status, headers, body = _post(
+            api.gemini_url("gemini-2.5-flash", version=version), token, GEMINI_BODY
+        )
+        assert status == 200 and headers["content-type"] == "application/json"
+        answer = json.loads(body)
+        assert answer["candidates"][0]["content"] == {"role": "model", "parts": [{"text": "ok"}]}
+        assert answer["candidates"][0]["finishReason"] == "STOP"
+        assert answer["modelVersion"] == "gemini-2.5-flash"
+    status, _, body = _post(api.gemini_url("gemini-x"), token, {"contents": []})
+    assert status == 400
+    assert json.loads(body)["error"]["status"] == "INVALID_ARGUMENT"
+    other = api.gemini_url("gemini-x").replace(api.project, "other-project")
+    assert _post(other, token, GEMINI_BODY)[0] == 404
+    assert _post(api.gemini_url("gemini-x"), "ya29.nope", GEMINI_BODY)[0] == 401
+    fake.revoke(token)
+    assert _post(api.gemini_url("gemini-x"), token, GEMINI_BODY)[0] == 401
+    assert [s.status for s in api.requests] == [200, 200, 400, 404, 401, 401]
+    assert api.rejected == 2 and api.seen_tokens == [token] * 3
+    assert api.requests[0].json() == GEMINI_BODY
+    assert api.requests[0].path.startswith("/v1beta1/projects/")
+
+
+def test_gemini_stream_generate_content(fake: FakeGoogle, api: FakeOpenAI) -> None:
+    api.stream_chunks = 3
+    status, headers, body = _post(api.gemini_url("gemini-x", stream=True), fake.mint(), GEMINI_BODY)
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    events = [data for _, data in _sse_events(body)]
+    assert len(events) == 3
+    assert "".join(e["candidates"][0]["content"]["parts"][0]["text"] for e in events) == (
+        "ok ok ok"
+    )
+    assert [e["candidates"][0].get("finishReason") for e in events] == [None, None, "STOP"]
+    assert api.requests[0].path.endswith(":streamGenerateContent?alt=sse")
+
+
 def test_chunked_request_body(fake: FakeGoogle, api: FakeOpenAI) -> None:
     payload = json.dumps({"model": "chunked-model", "messages": CHAT}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=5)

@@ -15,7 +15,8 @@ garbage or revoke grants and tokens.
 
 :class:`FakeOpenAI` is the Vertex-like upstream: Vertex's OpenAI-compatible endpoint
 (chat completions, streamed or not, responses, embeddings) and Anthropic's Messages API
-as Vertex publishes it (``:rawPredict``, ``:streamRawPredict``). It accepts a request only
+as Vertex publishes it (``:rawPredict``, ``:streamRawPredict``), and Gemini's
+``:generateContent`` and ``:streamGenerateContent``. It accepts a request only
 when it carries a token the fake Google issued, has not revoked and that has not expired:
 it proves a fresh token reached the upstream. It records every request it saw, the time
 each streamed chunk was written, and can be told to fail the next requests.
@@ -1042,6 +1043,10 @@ _ANTHROPIC_PATH = re.compile(
     r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<verb>rawPredict|streamRawPredict)"
 )
+_GEMINI_PATH = re.compile(
+    r"/(?:v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/google/models/(?P<model>[^/:]+):(?P<verb>generateContent|streamGenerateContent)"
+)
 _OPENAI_ROUTES = {"chat/completions": "chat", "responses": "responses", "embeddings": "embeddings"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -1098,6 +1103,10 @@ class FakeOpenAI(_Base):
     - ``POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{m}:rawPredict``:
       an Anthropic Messages response; ``:streamRawPredict`` (or ``"stream": true``) its
       SSE events. The body must have ``anthropic_version``, as on Vertex, else 400.
+    - ``POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent``
+      (or ``/v1beta1/…``, as google-genai calls it): a Gemini ``GenerateContentResponse``;
+      ``:streamGenerateContent`` (``?alt=sse``) :attr:`stream_chunks` of them as SSE. The
+      body must have a non-empty ``contents`` list, else 400 in Google's error shape.
 
     Anything else is 404, e.g. ``GET …/models`` (Vertex's ``openapi`` endpoint has
     none). The ``…`` is any prefix (:attr:`url`, ``/v1``, is the old OpenAI-style base),
@@ -1172,6 +1181,15 @@ class FakeOpenAI(_Base):
             f"/publishers/anthropic/models/{model}:{verb}"
         )
 
+    def gemini_url(self, model: str, *, stream: bool = False, version: str = "v1beta1") -> str:
+        """The ``:generateContent`` (``:streamGenerateContent?alt=sse`` with ``stream``)
+        URL for ``model``, under ``version`` (google-genai calls ``v1beta1``)."""
+        verb = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return (
+            f"{self.origin}/{version}/projects/{self.project}/locations/{self.location}"
+            f"/publishers/google/models/{model}:{verb}"
+        )
+
     # -- fault knobs ------------------------------------------------------------------
 
     def fail_next(
@@ -1218,6 +1236,12 @@ class FakeOpenAI(_Base):
                 return "", "", f"Unknown path (this stand-in serves {'/'.join(ours)})."
             kind = "anthropic-stream" if anthropic["verb"] == "streamRawPredict" else "anthropic"
             return kind, anthropic["model"], ""
+        gemini = _GEMINI_PATH.fullmatch(route)
+        if gemini is not None:
+            if (gemini["project"], gemini["location"]) != ours:
+                return "", "", f"Unknown path (this stand-in serves {'/'.join(ours)})."
+            kind = "gemini-stream" if gemini["verb"] == "streamGenerateContent" else "gemini"
+            return kind, gemini["model"], ""
         vertex = _VERTEX_LAYOUT.match(route)
         if vertex is not None:
             base = f"/v1/projects/{self.project}/locations/{self.location}/endpoints/openapi/"
@@ -1288,6 +1312,13 @@ class FakeOpenAI(_Base):
             return 200, _response(model, now), {}
         if kind == "embeddings":
             return (*_embeddings(model, request), {})
+        if kind in ("gemini", "gemini-stream"):
+            contents = request.get("contents")
+            if not isinstance(contents, list) or not contents:
+                return 400, _google_error(400, "INVALID_ARGUMENT", "contents is required."), {}
+            if kind == "gemini-stream":
+                return 200, self._gemini_stream(path_model), {}
+            return 200, _gemini_response(path_model, "ok"), {}
         if "anthropic_version" not in request:
             return 400, _anthropic_error("anthropic_version: Field required"), {}
         if kind == "anthropic-stream" or stream:
@@ -1341,6 +1372,16 @@ class FakeOpenAI(_Base):
         events = [_sse(p, event=str(p["type"])) for p in payloads]
         return _Stream(events, self.stream_delay)
 
+    def _gemini_stream(self, model: str) -> _Stream:
+        chunks = self.stream_chunks
+        events = []
+        for i in range(chunks):
+            answer = _gemini_response(model, "ok" if i == 0 else " ok")
+            if i < chunks - 1:
+                del answer["candidates"][0]["finishReason"]
+            events.append(_sse(answer))
+        return _Stream(events, self.stream_delay)
+
     def _sent(self, request: int, event: int, at: float) -> None:
         with self._lock:
             self.stream_log.append((request, event, at))
@@ -1367,6 +1408,21 @@ def _chunk(model: str, now: int, choices: list[dict[str, Any]]) -> dict[str, Any
 
 def _anthropic_error(message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def _google_error(code: int, status: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def _gemini_response(model: str, text: str) -> dict[str, Any]:
+    return {
+        "candidates": [
+            {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
+        ],
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2},
+        "modelVersion": model,
+        "responseId": "fake-response",
+    }
 
 
 def _anthropic_message(model: str) -> dict[str, Any]:
