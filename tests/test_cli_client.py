@@ -447,10 +447,15 @@ def test_quick_answer_steps_aside(short_tmp: Path, monkeypatch: pytest.MonkeyPat
         return cli._quick_output(cli._quick_args(list(argv)))
 
     env_file.write_text(f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later}\n")
+    assert quick("token") is None  # 600 s left: not more than a key helper's default
+    assert quick("env") == f"export OPENAI_API_KEY=ya29.ok\nexport TOKEND_EXPIRES_AT={later}\n"
+    assert quick("token", "--min-valid", "500") == "ya29.ok\n"
+    later += 3000
+    env_file.write_text(f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later}\n")
     assert quick("token") == "ya29.ok\n"
     assert quick("token", "--format", "json") is None
     assert quick("env", "--proxy") is None
-    assert quick("token", "--min-valid", "900") is None  # 600 s left
+    assert quick("token", "--min-valid", "3700") is None  # 3,600 s left
     (cfg / "tokend").mkdir(parents=True)
     (cfg / "tokend" / "config.toml").write_text("")
     assert quick("token") is None  # a config file may move the sinks
@@ -458,7 +463,7 @@ def test_quick_answer_steps_aside(short_tmp: Path, monkeypatch: pytest.MonkeyPat
     for bad in (
         f"OPENAI_API_KEY=ya29.$(rm -rf ~)\nTOKEND_EXPIRES_AT={later}\n",
         "OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT=soon\n",
-        f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later - 590}\nTOKEND_LIFETIME=3600\n",
+        f"OPENAI_API_KEY=ya29.ok\nTOKEND_EXPIRES_AT={later - 3590}\nTOKEND_LIFETIME=3600\n",
         "OPENAI_API_KEY=ya29.ok\n",
     ):
         env_file.write_text(bad)

@@ -260,6 +260,32 @@ def test_falls_back_to_the_socket_with_min_valid(rt: Path, stand_in: type[StandI
     assert "Host: tokend" in request
 
 
+def test_tokend_token_as_a_key_helper_wants_ten_minutes(
+    rt: Path, stand_in: type[StandIn]
+) -> None:
+    """Claude Code keeps a helper's key 5 minutes, Codex for its refresh interval: plain
+    `tokend token` asks for 600 s (a quarter of the lifetime when shorter), so a 1-hour
+    token with 500 s left makes the daemon refresh; `tokend env` still takes it."""
+    server = stand_in(200, _body("ya29.from-socket"))
+    tok = Token.received(SECRET, 3600, wall=time.time() - 3100, steady=0.0)
+    (rt / "token.json").write_bytes(tok.render("json", 0.0))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(rt / "no-config")}
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "tokend", *args], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert cli("env", "--format", "dotenv").startswith(f"OPENAI_API_KEY={SECRET}\n")
+    assert server.requests == []
+    assert cli("token") == "ya29.from-socket\n"
+    assert server.requests[0].startswith("GET /v1/token?profile=default&min_valid=600&wait=")
+    assert cli("token", "--min-valid", "60") == f"{SECRET}\n"
+    assert len(server.requests) == 1
+
+
 def test_socket_503_detail_reaches_the_message(rt: Path, stand_in: type[StandIn]) -> None:
     detail = "profile default: reauth needed; run `gcloud auth application-default login`"
     stand_in(503, {"error": "reauth_required", "detail": detail})

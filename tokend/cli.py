@@ -63,9 +63,10 @@ def _emit_json(data: object) -> None:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from tokend import client
+    from tokend import client, wire
 
-    info = client.token_info(args.profile, args.min_valid)
+    # Tools that run `tokend token` as their key helper keep its answer for minutes.
+    info = client.token_info(args.profile, args.min_valid, default_min_valid=wire.HELPER_MIN_VALID)
     if args.format == "json":
         _emit_json(info.as_dict())
     elif args.format == "header":
@@ -453,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
 
-    def profile_opts(p: argparse.ArgumentParser, min_valid: bool = True) -> None:
+    def profile_opts(
+        p: argparse.ArgumentParser, min_valid: bool = True, default: str = "60"
+    ) -> None:
         p.add_argument("-p", "--profile", default="default", help="profile (default: default)")
         if min_valid:
             p.add_argument(
@@ -462,12 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 metavar="N",
                 help="seconds the token must stay valid; the daemon refreshes first "
-                "when less remain (default: 60, or a quarter of the token's lifetime when "
-                "shorter; key helpers want more than their cache time, e.g. 600)",
+                f"when less remain (default: {default}, or a quarter of the token's "
+                "lifetime when shorter)",
             )
 
     p = sub.add_parser("token", help="print the current token")
-    profile_opts(p)
+    profile_opts(p, default="600, longer than key helpers keep a key")
     p.add_argument(
         "--format",
         choices=("raw", "json", "header"),
@@ -707,29 +710,11 @@ def _quick_args(argv: Sequence[str]) -> Any:
     return SimpleNamespace(**args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tokend`` console script. Returns the exit code."""
-    args = _quick_args(sys.argv[1:] if argv is None else argv)
-    if args is not None:
-        out = _quick_output(args)
-        if out is not None:
-            sys.stdout.write(out)
-            return EXIT_OK
-    else:
-        args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except KeyboardInterrupt:
-        return 130
-    except TokendError as err:
-        print(f"tokend: {err}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
 #: What shlex.quote leaves unquoted.
 _SH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
 
 
-def _from_env_file(profile: str, min_valid: float | None) -> dict[str, str] | None:
+def _from_env_file(profile: str, min_valid: float | None, most: float) -> dict[str, str] | None:
     """What ``tokend env`` prints, from the profile's env file (``openai.env``) read in its
     cheapest form, when there is no config file (which could move the file, or give the
     profile an OPENAI_BASE_URL): one ``stat`` of the config path, one read, no json,
@@ -753,7 +738,7 @@ def _from_env_file(profile: str, min_valid: float | None) -> dict[str, str] | No
         lifetime = int(values.get("TOKEND_LIFETIME", "0"))
     except (OSError, ValueError, KeyError):
         return None
-    wanted = wire.default_min_valid(lifetime) if min_valid is None else min_valid
+    wanted = wire.default_min_valid(lifetime, most) if min_valid is None else min_valid
     if expires_at - time.time() <= wanted:
         return None
     return {"OPENAI_API_KEY": value, "TOKEND_EXPIRES_AT": str(expires_at)}
@@ -762,14 +747,16 @@ def _from_env_file(profile: str, min_valid: float | None) -> dict[str, str] | No
 def _quick_output(args: Any) -> str | None:
     """``tokend token`` (raw, header) and ``tokend env`` (sh, fish, dotenv) from the env
     file, byte for byte what the full commands print; None where they must run."""
+    from tokend import wire
+
     if args.func is cmd_token and args.format in ("raw", "header"):
-        env = _from_env_file(args.profile, args.min_valid)
+        env = _from_env_file(args.profile, args.min_valid, wire.HELPER_MIN_VALID)
         if env is None:
             return None
         key = env["OPENAI_API_KEY"]
         return f"Authorization: Bearer {key}\n" if args.format == "header" else f"{key}\n"
     if args.func is cmd_env and not args.proxy and args.format != "json":
-        env = _from_env_file(args.profile, args.min_valid)
+        env = _from_env_file(args.profile, args.min_valid, wire.DEFAULT_MIN_VALID)
         if env is None:
             return None
         lines = []
@@ -786,3 +773,21 @@ def _quick_output(args: Any) -> str | None:
     return None
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokend`` console script. Returns the exit code."""
+    args = _quick_args(sys.argv[1:] if argv is None else argv)
+    if args is not None:
+        out = _quick_output(args)
+        if out is not None:
+            sys.stdout.write(out)
+            return EXIT_OK
+    else:
+        args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except TokendError as err:
+        print(f"tokend: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE

@@ -396,11 +396,15 @@ def _file_token(
 
 
 def _from_file(
-    profile: str, min_valid: float | None, config: str | os.PathLike[str] | None = None
+    profile: str,
+    min_valid: float | None,
+    config: str | os.PathLike[str] | None = None,
+    most: float = wire.DEFAULT_MIN_VALID,
 ) -> tuple[TokenInfo | None, str, float]:
     """(token, why not, the min_valid applied) from the profile's file (``min_valid``
-    None: the default for the token's lifetime, :func:`tokend.wire.default_min_valid`)."""
-    wanted = wire.DEFAULT_MIN_VALID if min_valid is None else min_valid
+    None: the default for the token's lifetime, :func:`tokend.wire.default_min_valid`,
+    at most ``most``)."""
+    wanted = most if min_valid is None else min_valid
     path, info = _file_token(profile, config)
     if isinstance(info, str):
         return None, info, wanted
@@ -408,7 +412,7 @@ def _from_file(
         return None, f"{path} holds profile {info.profile!r}, not {profile!r}", wanted
     left = info.expires_in
     if min_valid is None:
-        wanted = wire.default_min_valid(info.lifetime)
+        wanted = wire.default_min_valid(info.lifetime, most)
     if left <= wanted:
         state = "expired" if left <= 0 else f"expires in {int(left)}s"
         return None, f"the token in {path} {state} (wanted at least {wanted:g}s)", wanted
@@ -549,16 +553,19 @@ def token_info(
     *,
     timeout: float = SOCKET_TIMEOUT,
     config: str | os.PathLike[str] | None = None,
+    default_min_valid: float = wire.DEFAULT_MIN_VALID,
 ) -> TokenInfo:
     """The current token of ``profile`` and what is known about it.
 
     Args:
         profile: the tokend profile.
-        min_valid: seconds the token must stay valid (default: 60, or a quarter of the
-            token's lifetime when that is shorter); a token file closer to expiry
-            makes the daemon refresh first (over the socket).
+        min_valid: seconds the token must stay valid (default: ``default_min_valid``, or
+            a quarter of the token's lifetime when that is shorter); a token file closer
+            to expiry makes the daemon refresh first (over the socket).
         timeout: seconds to wait for the daemon when the file does not do.
         config: the tokend config file (default: ``TOKEND_CONFIG``, else the platform's).
+        default_min_valid: what ``min_valid=None`` asks for at most (60 s; ``tokend
+            token`` asks for :data:`tokend.wire.HELPER_MIN_VALID`).
 
     Returns:
         A :class:`TokenInfo`.
@@ -566,7 +573,7 @@ def token_info(
     Raises:
         TokenUnavailable: no valid token could be had; the message says what to do.
     """
-    info, why, wanted = _from_file(profile, min_valid, config)
+    info, why, wanted = _from_file(profile, min_valid, config, default_min_valid)
     if info is not None:
         return info
     try:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MIN_VALID",
+    "HELPER_MIN_VALID",
     "MAX_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "MIN_LIFETIME",
@@ -235,13 +236,18 @@ def stated_lifetime(data: object) -> float:
 DEFAULT_MIN_VALID = 60.0
 
 
-def default_min_valid(lifetime: float) -> float:
-    """...or a quarter of its lifetime, when that is shorter: a token that lives 20 s
-    (tests, demos, a short-lived service account token) would otherwise never be good
-    enough, and every call would force a refresh."""
+#: ``tokend token``'s default, for the tools that run it as a key helper and keep its
+#: answer: longer than Claude Code's 5 minutes and a usual Codex refresh_interval_ms.
+HELPER_MIN_VALID = 600.0
+
+
+def default_min_valid(lifetime: float, most: float = DEFAULT_MIN_VALID) -> float:
+    """``most`` (by default DEFAULT_MIN_VALID) or a quarter of its lifetime, when that is
+    shorter: a token that lives 20 s (tests, demos, a short-lived service account token)
+    would otherwise never be good enough, and every call would force a refresh."""
     if lifetime > 0:
-        return min(DEFAULT_MIN_VALID, lifetime / 4)
-    return DEFAULT_MIN_VALID
+        return min(most, lifetime / 4)
+    return most
 
 
 # -- Vertex AI ------------------------------------------------------------------------
