@@ -935,6 +935,19 @@ def test_a_non_default_loopback_address_is_its_own_host(
         assert reply.choices[0].message.content == "ok"
 
 
+def test_models_are_listed_without_configuring_any(
+    api: FakeOpenAI, proxied: Callable[..., Any]
+) -> None:
+    """Tools that list models when they start get Gemini's current two, answered by the
+    proxy (Vertex's OpenAI endpoint has no such route), until `models` names others."""
+    from tokend.config import DEFAULT_MODELS
+
+    with proxied() as (_d, env):
+        assert [m.id for m in client(env).models.list().data] == list(DEFAULT_MODELS)
+        assert client(env).models.retrieve("google/gemini-2.5-flash").object == "model"
+        assert not [seen for seen in api.requests if "models" in seen.path]
+
+
 def test_models_by_id_expect_continue_and_a_clean_log(
     api: FakeOpenAI, proxied: Callable[..., Any]
 ) -> None:

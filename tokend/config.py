@@ -347,6 +347,10 @@ def _long_seconds(value: Any) -> float:
     return float(value)
 
 
+#: ``[proxy] models`` when the config names none.
+DEFAULT_MODELS = ("google/gemini-2.5-pro", "google/gemini-2.5-flash")
+
+
 class ProxyConfig(_Model):
     """The local OpenAI-compatible proxy (off unless ``listen`` is set)."""
 
@@ -354,8 +358,10 @@ class ProxyConfig(_Model):
     listen: Annotated[str, BeforeValidator(_listen)] = ""
     #: Whose token and Vertex endpoint; that profile needs an ``[openai]`` table.
     profile: str = "default"
-    #: What ``GET /v1/models`` lists (Vertex's OpenAI endpoint has no such route).
-    models: tuple[str, ...] = ()
+    #: What ``GET /v1/models`` lists (Vertex's OpenAI endpoint has no such route), with
+    #: the aliases. Tools that list models at start (Open WebUI, LibreChat, Continue)
+    #: get Gemini's current two by default, not a 404; ``[]`` forwards the request.
+    models: tuple[str, ...] = DEFAULT_MODELS
     #: Model names some tools hard-code, and the Vertex model to send instead.
     aliases: dict[str, str] = Field(default_factory=dict)
     #: Request bodies are kept (to replay one after a 401) up to this; larger get 413.
