@@ -2,8 +2,9 @@
 long-running process, across at least three token rotations, against the Vertex-like
 stand-in (which accepts only a live token) with the real ``tokend run`` in front.
 
-The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm, pydantic-ai).
-Without them these tests are skipped, except under CI, where a missing tool fails.
+The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm, pydantic-ai,
+anthropic[vertex], google-genai). Without them these tests are skipped, except under
+CI, where a missing tool fails.
 """
 
 from __future__ import annotations
@@ -279,3 +280,125 @@ def test_llm_chat(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
 
     out = run_across_rotations(api, [exe, "chat", "-m", "vertex"], env, stdin=converse)
     assert out.count("ok") > ROTATIONS, out
+
+
+# -- Vertex's own API through /vertex: Anthropic's SDK, google-genai -------------------------
+
+
+def vertex_env(d: Daemon, **extra: str) -> dict[str, str]:
+    """proxy.env plus the proxy's /vertex base, with no way to Google's own auth: no
+    metadata server, and an ADC file that does not exist. An SDK that ran google-auth
+    itself (instead of sending the placeholder token it was given) fails."""
+    env = tool_env(d, **proxy_env(d), **extra)
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP"):
+        env.pop(name, None)
+    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(d.dir / "no-such-adc.json")
+    env["TOKEND_VERTEX_BASE"] = env["OPENAI_BASE_URL"].removesuffix("/v1") + "/vertex"
+    return env
+
+
+def tokens_per_route(api: FakeOpenAI, suffix: str) -> int:
+    """How many distinct tokens the stand-in accepted on paths ending in ``suffix``."""
+    return len({s.token for s in api.requests if s.path.endswith(suffix) and s.status == 200})
+
+
+ANTHROPIC_VERTEX_ARGS = """
+import os
+from anthropic import AnthropicVertex
+
+# The recipe: the proxy's /vertex/v1 as base URL, the local key as x-api-key, and an
+# access token that is never used (the proxy puts the current Google token in), so the
+# SDK never runs google-auth itself.
+client = AnthropicVertex(region="us-central1", project_id=os.environ["PROJECT"],
+                         base_url=os.environ["TOKEND_VERTEX_BASE"] + "/v1",
+                         access_token="unused",
+                         default_headers={"x-api-key": os.environ["OPENAI_API_KEY"]},
+                         max_retries=0)
+"""
+
+ANTHROPIC_VERTEX_ENV = """
+from anthropic import AnthropicVertex
+
+# Claude Code's variables: ANTHROPIC_VERTEX_BASE_URL, CLOUD_ML_REGION,
+# ANTHROPIC_VERTEX_PROJECT_ID, ANTHROPIC_CUSTOM_HEADERS (CLAUDE_CODE_SKIP_VERTEX_AUTH is
+# Claude Code's own; for the SDK the placeholder access token does it).
+client = AnthropicVertex(access_token="unused", max_retries=0)
+"""
+
+ANTHROPIC_VERTEX_LOOP = """
+import time
+
+messages = [{"role": "user", "content": "hi"}]
+while True:
+    m = client.messages.create(model="claude-sonnet-4@20250514", max_tokens=16, messages=messages)
+    assert m.content[0].text == "ok", m
+    with client.messages.stream(model="claude-sonnet-4@20250514", max_tokens=16,
+                                messages=messages) as s:
+        assert "".join(s.text_stream) == "ok ok ok"
+    time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("way", ["arguments", "Claude Code's variables"])
+def test_anthropic_vertex(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
+    """Anthropic's SDK (``anthropic[vertex]``) through the proxy's /vertex passthrough:
+    messages.create, plain and streamed, one process across rotations."""
+    need("anthropic")
+    env = vertex_env(daemon, PROJECT=PROJECT)
+    if way == "arguments":
+        script = ANTHROPIC_VERTEX_ARGS
+    else:
+        env.update(
+            ANTHROPIC_VERTEX_BASE_URL=env["TOKEND_VERTEX_BASE"] + "/v1",
+            CLOUD_ML_REGION="us-central1",
+            ANTHROPIC_VERTEX_PROJECT_ID=PROJECT,
+            ANTHROPIC_CUSTOM_HEADERS=f"x-api-key: {env['OPENAI_API_KEY']}",
+        )
+        script = ANTHROPIC_VERTEX_ENV
+    run_across_rotations(api, [sys.executable, "-c", script + ANTHROPIC_VERTEX_LOOP], env)
+    assert tokens_per_route(api, ":rawPredict") >= ROTATIONS
+    assert tokens_per_route(api, ":streamRawPredict") >= ROTATIONS
+    assert all(
+        "/publishers/anthropic/models/claude-sonnet-4@20250514:" in s.path for s in api.requests
+    ), api.requests
+
+
+GENAI = """
+import os, time
+from google import genai
+from google.genai import types
+from google.oauth2.credentials import Credentials
+
+# The recipe: Vertex mode with the proxy's /vertex as base URL, the local key as
+# x-api-key, and credentials holding a placeholder token with no expiry and nothing to
+# refresh with: genai never runs google-auth (no ADC), the proxy puts the token in.
+client = genai.Client(
+    vertexai=True, project=os.environ["PROJECT"], location="us-central1",
+    credentials=Credentials(token="unused"),
+    http_options=types.HttpOptions(base_url=os.environ["TOKEND_VERTEX_BASE"],
+                                   headers={"x-api-key": os.environ["OPENAI_API_KEY"]}),
+)
+while True:
+    r = client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert r.text == "ok", r
+    chunks = client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    assert "".join(c.text for c in chunks) == "ok ok ok"
+    time.sleep(0.2)
+"""
+
+
+def test_google_genai(daemon: Daemon, api: FakeOpenAI) -> None:
+    """google-genai in Vertex mode through the proxy's /vertex passthrough:
+    generate_content, plain and streamed, one process across rotations."""
+    need("google.genai")
+    env = vertex_env(daemon, PROJECT=PROJECT)
+    run_across_rotations(api, [sys.executable, "-c", GENAI], env)
+    assert tokens_per_route(api, ":generateContent") >= ROTATIONS
+    assert tokens_per_route(api, ":streamGenerateContent?alt=sse") >= ROTATIONS
+    assert all(
+        s.path.startswith(
+            f"/v1beta1/projects/{PROJECT}/locations/us-central1/"
+            "publishers/google/models/gemini-2.5-flash:"
+        )
+        for s in api.requests
+    ), api.requests
