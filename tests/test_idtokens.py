@@ -87,7 +87,8 @@ def test_fake_google_signs_id_tokens_that_verify_token_accepts(
     """1. An ID token minted through the service-account key verifies against the
     fake's certificates for its audience, with exp = iat + lifetime.
     2. The same token is refused for another audience, and once tampered with.
-    3. It is among the fake's secrets (the log scans look for it)."""
+    3. It is among the fake's secrets (the log scans look for it).
+    4. An expired one (minted so) is refused for its exp."""
     fake.lifetime = 600
     tok = source(fake.write_service_account(tmp_path / "sa.json")).fetch_id_token(RUN)
     claims = verify(fake, tok.value, RUN)
@@ -101,6 +102,9 @@ def test_fake_google_signs_id_tokens_that_verify_token_accepts(
     with pytest.raises(ValueError):
         verify(fake, forged, RUN)
     assert tok.value in fake.secrets()
+    expired = fake.mint_id_token(RUN, lifetime=-60)
+    with pytest.raises(ValueError, match="expired"):
+        verify(fake, expired, RUN)
 
 
 # -- minting, per kind of credentials ----------------------------------------------------

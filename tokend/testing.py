@@ -592,6 +592,18 @@ class FakeGoogle(_Base):
         :attr:`issued` and :meth:`secrets` like any other."""
         return self._issue(account)[0]
 
+    def mint_id_token(
+        self,
+        audience: str,
+        account: str = "sa@fake-project.iam.gserviceaccount.com",
+        *,
+        lifetime: float | None = None,
+    ) -> str:
+        """An ID token for ``audience`` issued to ``account`` without a request (as
+        :meth:`mint`), living ``lifetime`` seconds (default :attr:`lifetime`; negative:
+        already expired), signed like every other."""
+        return self._issue_id_token(account, audience, lifetime)
+
     # -- inspection -------------------------------------------------------------------
 
     def who(self, token: str) -> str | None:
