@@ -308,6 +308,17 @@ def test_shell_shim(d: Any, shell: str, short_tmp: Path) -> None:
         assert out.stderr.startswith("tokend-env.sh: ")
         assert "ya29.stale-secret" not in out.stderr
 
+    # Not a regular file (a FIFO would block the read forever): refused at once.
+    fifo_dir = short_tmp / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "openai.env")
+    env = {**client_env(d), "TOKEND_RUNTIME_DIR": str(fifo_dir)}
+    out = subprocess.run(
+        [shell, "-c", script], capture_output=True, text=True, env=env, check=True, timeout=10
+    )
+    assert out.stdout == "1|unset|unset"
+    assert "is not a regular file" in out.stderr, out.stderr
+
     # A short-lived token (here 40 s) with 30 s left is fine: a quarter of its lifetime.
     (stale / "openai.env").write_text(
         f"OPENAI_API_KEY=ya29.short-lived\nTOKEND_EXPIRES_AT={int(time.time()) + 30}\n"
@@ -470,3 +481,33 @@ def test_quick_answer_steps_aside(short_tmp: Path, monkeypatch: pytest.MonkeyPat
         assert quick("token") is None, bad
     env_file.unlink()
     assert quick("token") is None
+
+
+def test_shell_shim_says_when_the_file_is_not_readable(
+    other_user: tuple[str, int, str], short_tmp: Path
+) -> None:
+    """Another user sourcing it (or a file of the wrong mode) is told it cannot read the
+    file, not that tokend is not running."""
+    from tests.conftest import as_user
+
+    name, _uid, _python = other_user
+    runtime = short_tmp / "rt"
+    runtime.mkdir(mode=0o755)
+    short_tmp.chmod(0o755)
+    (runtime / "openai.env").write_text(
+        f"OPENAI_API_KEY=ya29.private\nTOKEND_EXPIRES_AT={int(time.time()) + 600}\n"
+    )
+    (runtime / "openai.env").chmod(0o600)
+    shim = short_tmp / "tokend-env.sh"
+    shim.write_text(SHIM.read_text())
+    shim.chmod(0o644)
+    out = subprocess.run(
+        [*as_user(name), "sh", "-c", f'. "{shim}"; echo "rc=$? ${{OPENAI_API_KEY:-unset}}"'],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "TOKEND_RUNTIME_DIR": str(runtime)},
+        cwd="/",
+        timeout=10,
+    )
+    assert out.stdout.strip() == "rc=1 unset", out
+    assert "cannot read" in out.stderr and "permission denied" in out.stderr, out.stderr

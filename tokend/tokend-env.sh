@@ -40,12 +40,22 @@ _tokend_env() {
         default) _tokend_file=$_tokend_dir/openai.env ;;
         *) _tokend_file=$_tokend_dir/$TOKEND_PROFILE.openai.env ;;
     esac
-    if [ ! -r "$_tokend_file" ]; then
-        echo "tokend-env.sh: no token file $_tokend_file; is tokend running?" \
-            "(systemctl --user start tokend, or tokend run; then tokend status)" >&2
-        unset _tokend_uid _tokend_dir _tokend_base _tokend_file
+    # A FIFO there would block the read below forever, a device would never end: only
+    # a regular file is read (-f follows a symlink to what it names).
+    _tokend_why=
+    if [ ! -e "$_tokend_file" ]; then
+        _tokend_why="no token file $_tokend_file; is tokend running? (systemctl --user start tokend, or tokend run; then tokend status)"
+    elif [ ! -f "$_tokend_file" ]; then
+        _tokend_why="$_tokend_file is not a regular file (tokend writes only regular files there); remove it, then systemctl --user restart tokend"
+    elif [ ! -r "$_tokend_file" ]; then
+        _tokend_why="cannot read $_tokend_file (permission denied): it is the daemon's, mode 0600; source this as the user tokend runs as"
+    fi
+    if [ -n "$_tokend_why" ]; then
+        echo "tokend-env.sh: $_tokend_why" >&2
+        unset _tokend_uid _tokend_dir _tokend_base _tokend_file _tokend_why
         return 1
     fi
+    unset _tokend_why
 
     _tokend_key= _tokend_url= _tokend_exp= _tokend_life=
     # `|| [ -n ... ]` keeps a last line that lacks its newline.
