@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -253,3 +255,53 @@ def daemon_factory(fake: FakeGoogle, short_tmp: Path) -> Callable[..., Any]:
         return run_daemon(fake, short_tmp, config, **kw)
 
     return factory
+
+
+# -- another user ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_user() -> Iterator[tuple[str, int, str]]:
+    """(name, uid, python) of a throw-away user that exists for this test only; run a
+    command as it with :func:`as_user`. Skips without root, ``useradd`` or ``setpriv``."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create and become another user")
+    for tool in ("useradd", "userdel", "setpriv"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    name = f"tkp{secrets.token_hex(4)}"
+    made = subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    try:
+        python = runnable_python(name)
+        yield name, pwd.getpwnam(name).pw_uid, python
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+
+def runnable_python(user: str) -> str:
+    """sys.executable, or a system one: the venv's may live in a private home."""
+    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        try:
+            subprocess.run(
+                [*as_user(user), python, "-I", "-c", "pass"],
+                check=True,
+                capture_output=True,
+                timeout=10,
+                cwd="/",
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return python
+    pytest.skip(f"no Python interpreter that {user} may run")
+
+
+def as_user(user: str) -> list[str]:
+    """The prefix that runs a command as ``user`` (no supplementary groups)."""
+    return ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"]

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
-import secrets
-import shutil
 import socket
 import struct
 import subprocess
@@ -22,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import as_user, wait_for
 from tokend import peers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -431,51 +428,6 @@ sys.stdin.readline()
 """
 
 
-@pytest.fixture
-def other_user() -> Iterator[tuple[str, int, str]]:
-    """(name, uid, python) of a throw-away user that exists for this test only."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create and become another user")
-    for tool in ("useradd", "userdel", "setpriv"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
-    name = f"tkp{secrets.token_hex(4)}"
-    made = subprocess.run(
-        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"useradd failed: {made.stderr.strip()}")
-    try:
-        python = _runnable_python(name)
-        yield name, pwd.getpwnam(name).pw_uid, python
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30)
-
-
-def _runnable_python(user: str) -> str:
-    """sys.executable, or a system one: the venv's may live in a private home."""
-    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        try:
-            subprocess.run(
-                [*_as(user), python, "-I", "-c", "pass"],
-                check=True,
-                capture_output=True,
-                timeout=10,
-                cwd="/",
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        return python
-    pytest.skip(f"no Python interpreter that {user} may run")
-
-
-def _as(user: str) -> list[str]:
-    return ["setpriv", "--reuid", user, "--regid", user, "--clear-groups"]
-
-
 @pytest.mark.parametrize(
     "host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6), "::ffff:127.0.0.1"]
 )
@@ -491,7 +443,7 @@ def test_other_users_client_is_its_uid_then_none(
     with _listener(family, listen_host) as listener:
         port = listener.getsockname()[1]
         child = subprocess.Popen(
-            [*_as(name), python, "-I", "-c", CLIENT, host, str(port)],
+            [*as_user(name), python, "-I", "-c", CLIENT, host, str(port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

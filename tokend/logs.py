@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["printable_path", "setup_logging"]
 
 #: syslog priorities for the ``<N>`` prefix journald understands.
 _PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
@@ -42,3 +42,11 @@ def setup_logging(verbose: bool = False) -> None:
     # Libraries below us log request details at DEBUG; never let them near the output.
     for noisy in ("google", "urllib3", "requests", "watchdog", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def printable_path(raw_path: str) -> str:
+    """A request's path for a log line: no query (it may hold anything), no control
+    characters (a terminal reading the journal must not be steered by a client),
+    bounded."""
+    path = raw_path.partition("?")[0][:200]
+    return "".join(c if c.isprintable() else "?" for c in path)

@@ -35,19 +35,38 @@ The lookup runs in the caller's network namespace, which must be the connection'
 Other platforms answer None. macOS has no cheap per-connection owner lookup for TCP
 (``proc_pidfdinfo`` over every process is neither cheap nor race-free), so there the
 proxy relies on its key and its loopback-only bind instead.
+
+:class:`PeerGuard` is that check in front of a loopback HTTP listener, shared by the local
+proxy and the metadata endpoint: one asyncio protocol per connection that asks once,
+before a byte is read, and either hands the connection to the server's own protocol or
+answers 403 and closes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["NETLINK_TIMEOUT", "PROC_LIMIT", "quick_peer_uid", "tcp_peer_uid"]
+from tokend.threads import in_thread
+
+__all__ = [
+    "NETLINK_TIMEOUT",
+    "PROC_LIMIT",
+    "PeerGuard",
+    "forbidden",
+    "quick_peer_uid",
+    "tcp_peer_uid",
+]
+
+log = logging.getLogger(__name__)
 
 #: Largest /proc/net/tcp{,6} read, in bytes (~150 a socket): past it, no answer.
 PROC_LIMIT = 32 << 20
@@ -410,3 +429,145 @@ def _read_proc(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# -- the guard in front of a loopback listener ------------------------------------------
+
+
+def forbidden(body: bytes, content_type: str) -> bytes:
+    """A whole ``403 Forbidden`` response that closes the connection (written before
+    the server's own protocol ever sees it)."""
+    return (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (content_type.encode(), len(body), body)
+    )
+
+
+class PeerGuard:
+    """Who may connect to a loopback TCP listener: on Linux, a connection whose peer uid
+    (:func:`tcp_peer_uid`) is not in ``allowed()`` is answered ``refused(uid)`` and
+    closed; an unknown uid is refused too (fail closed). Elsewhere nobody is refused:
+    there is no such lookup, and the listener's other checks must do.
+
+    Args:
+        what: the listener, as log lines name it ("proxy", "metadata").
+        setting: the key that lets another uid in ("proxy.allow_uids"), for the log.
+        allowed: the uids allowed now (read at every connection: a reload may change it).
+        refused: the whole response a refused uid (None: unknown) gets; it may count it.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        setting: str,
+        allowed: Callable[[], frozenset[int]],
+        refused: Callable[[int | None], bytes],
+    ) -> None:
+        self.what = what
+        self.setting = setting
+        self.allowed = allowed
+        self.refused = refused
+        self.checks = sys.platform.startswith("linux")
+        self._refused_logged: set[int | None] = set()
+        self._slow_logged = False
+
+    def protocol(self, inner: asyncio.Protocol) -> asyncio.Protocol:
+        """``inner`` (the server's protocol for one connection) behind the check."""
+        return _Guarded(self, inner)
+
+    def quick_uid(self, sock: socket.socket) -> tuple[bool, int | None]:
+        """The peer's uid if it can be had at once (:func:`quick_peer_uid`); ``(True,
+        None)`` where no check is made."""
+        if not self.checks:
+            return True, None
+        done, uid = quick_peer_uid(sock)
+        if not done and not self._slow_logged:
+            self._slow_logged = True
+            log.warning(
+                "%s: the kernel's sock_diag is not available here (a sandbox without "
+                "AF_NETLINK?); each new connection's uid is looked up in /proc/net/tcp "
+                "instead, which costs milliseconds",
+                self.what,
+            )
+        return done, uid
+
+    def refusal(self, uid: int | None) -> bytes | None:
+        """None when a connection from ``uid`` may go on, else the response it gets."""
+        if not self.checks:
+            return None
+        allowed = self.allowed()
+        if uid is not None and uid in allowed:
+            return None
+        if uid not in self._refused_logged:  # once per uid: a retrying client must not flood
+            self._refused_logged.add(uid)
+            log.warning(
+                "%s refused a connection from uid %s (allowed: %s; %s lets others in)",
+                self.what,
+                "unknown" if uid is None else uid,
+                ", ".join(str(u) for u in sorted(allowed)),
+                self.setting,
+            )
+        return self.refused(uid)
+
+
+class _Guarded(asyncio.Protocol):
+    """In front of the server's protocol for one connection: the peer's uid is checked
+    when it connects, before a byte is read (once per connection, not per request). A
+    refused peer gets its 403 and the connection is closed."""
+
+    def __init__(self, guard: PeerGuard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner: asyncio.Protocol | None = inner
+        self.connected = False  # the inner protocol has the connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        done, uid = self.guard.quick_uid(sock)
+        if done:
+            self._decide(transport, uid)
+            return
+        # Only the /proc scan can tell (a sandbox without netlink): milliseconds, so in a
+        # thread, with the connection's reading paused meanwhile.
+        transport.pause_reading()
+        lookup = in_thread(lambda: tcp_peer_uid(sock), "tokend-peer")
+
+        def looked_up(fut: asyncio.Future[int | None]) -> None:
+            if transport.is_closing():
+                return
+            transport.resume_reading()
+            self._decide(transport, None if fut.cancelled() or fut.exception() else fut.result())
+
+        lookup.add_done_callback(looked_up)
+
+    def _decide(self, transport: asyncio.Transport, uid: int | None) -> None:
+        refusal = self.guard.refusal(uid)
+        if refusal is not None:
+            self.inner = None
+            transport.write(refusal)
+            transport.close()
+            return
+        assert self.inner is not None
+        self.connected = True
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.connected and self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.connected and self.inner is not None:
+            return self.inner.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.connected and self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.connected and self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.connected and self.inner is not None:
+            self.inner.resume_writing()

@@ -37,14 +37,12 @@ import json
 import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
-from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -52,11 +50,13 @@ from tokend import clock
 from tokend.config import PROXY_ENV, Config
 from tokend.endpoints import Answer, Endpoints, TokenQuery
 from tokend.errors import ConfigError
+from tokend.logs import printable_path
 from tokend.metrics import Metrics
+from tokend.peers import PeerGuard, forbidden
 from tokend.proxykeys import DEFAULT, KeyRing
 from tokend.refresher import ProfileRefresher
 from tokend.sinks import atomic_write
-from tokend.threads import in_thread, run_in_thread
+from tokend.threads import run_in_thread
 from tokend.token import Token
 
 __all__ = ["Proxy", "ProxySettings", "render_env"]
@@ -215,70 +215,6 @@ def _safe_rest(raw: str) -> str:
     return raw
 
 
-class _Guard(asyncio.Protocol):
-    """In front of aiohttp's protocol for one connection: the peer's uid is checked when
-    it connects, before a byte is read (once per connection, not per request). A
-    refused peer gets a 403 and the connection is closed."""
-
-    def __init__(self, proxy: Proxy, inner: RequestHandler) -> None:
-        self.proxy = proxy
-        self.inner: RequestHandler | None = inner
-        self.connected = False  # the inner protocol has the connection
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        sock = transport.get_extra_info("socket")
-        done, uid = self.proxy.quick_uid(sock)
-        if done:
-            self._decide(transport, uid)
-            return
-        # Only the /proc scan can tell (a sandbox without netlink): milliseconds, so in a
-        # thread, with the connection's reading paused meanwhile.
-        transport.pause_reading()
-        from tokend.peers import tcp_peer_uid
-
-        lookup = in_thread(lambda: tcp_peer_uid(sock), "tokend-peer")
-
-        def looked_up(fut: asyncio.Future[int | None]) -> None:
-            if transport.is_closing():
-                return
-            transport.resume_reading()
-            self._decide(transport, None if fut.cancelled() or fut.exception() else fut.result())
-
-        lookup.add_done_callback(looked_up)
-
-    def _decide(self, transport: asyncio.Transport, uid: int | None) -> None:
-        refusal = self.proxy.refusal(uid)
-        if refusal is not None:
-            self.inner = None
-            transport.write(refusal)
-            transport.close()
-            return
-        assert self.inner is not None
-        self.connected = True
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.connected and self.inner is not None:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> None:
-        if self.connected and self.inner is not None:
-            self.inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.connected and self.inner is not None:
-            self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.connected and self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.connected and self.inner is not None:
-            self.inner.resume_writing()
-
-
 @dataclass
 class _Call:
     """One request's facts for its log line and metrics."""
@@ -314,9 +250,9 @@ class Proxy:
         self._hosts: frozenset[str] = frozenset()
         self._origins: frozenset[str] = frozenset()
         self._forced_at: dict[str, float] = {}
-        self._refused_logged: set[int | None] = set()
-        self._check_peers = sys.platform.startswith("linux")
-        self._slow_logged = False
+        self.guard = PeerGuard(
+            "proxy", "proxy.allow_uids", lambda: self.settings.allowed_uids, self._refused
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -358,7 +294,7 @@ class Proxy:
         web_server = self._web
 
         def protocol() -> asyncio.Protocol:
-            return _Guard(self, web_server())
+            return self.guard.protocol(web_server())
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocol, sock=sock)
@@ -431,39 +367,9 @@ class Proxy:
 
     # -- access control -----------------------------------------------------------------
 
-    def quick_uid(self, sock: Any) -> tuple[bool, int | None]:
-        """The peer's uid if it can be had at once (see :func:`tokend.peers.quick_peer_uid`);
-        ``(True, None)`` where no check is made."""
-        if not self._check_peers:
-            return True, None
-        from tokend import peers
-
-        done, uid = peers.quick_peer_uid(sock)
-        if not done and not self._slow_logged:
-            self._slow_logged = True
-            log.warning(
-                "proxy: the kernel's sock_diag is not available here (a sandbox without "
-                "AF_NETLINK?); each new connection's uid is looked up in /proc/net/tcp "
-                "instead, which costs milliseconds"
-            )
-        return done, uid
-
-    def refusal(self, uid: int | None) -> bytes | None:
-        """None when a connection from ``uid`` may use the proxy (Linux: ours, root's or
-        in ``proxy.allow_uids``; elsewhere the key and the loopback bind are the guard),
-        else the whole 403 response it gets."""
-        if not self._check_peers:
-            return None
-        if uid is not None and uid in self.settings.allowed_uids:
-            return None
-        if uid not in self._refused_logged:  # once per uid: a retrying client must not flood
-            self._refused_logged.add(uid)
-            log.warning(
-                "proxy refused a connection from uid %s (allowed: %s; proxy.allow_uids "
-                "lets others in)",
-                "unknown" if uid is None else uid,
-                ", ".join(str(u) for u in sorted(self.settings.allowed_uids)),
-            )
+    def _refused(self, uid: int | None) -> bytes:
+        """The 403 a connection from a uid the proxy does not serve gets (see
+        :class:`tokend.peers.PeerGuard`), in OpenAI's shape, counted."""
         self._count("-", 403)
         who = "an unknown uid" if uid is None else f"uid {uid}"
         body = _error_body(
@@ -472,10 +378,7 @@ class Proxy:
             f"{who} may not use this proxy; its owner (uid {os.getuid()}) can add it to "
             "proxy.allow_uids",
         )
-        return (
-            b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        return forbidden(body, "application/json")
 
     def _check_request(self, request: web.BaseRequest, call: _Call) -> None:
         if request.method == "CONNECT" or not request.raw_path.startswith("/"):
@@ -510,7 +413,7 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """aiohttp's entry point: check, route, forward; one log line, one count."""
-        call = _Call(clock.monotonic(), request.method, _printable(request.raw_path))
+        call = _Call(clock.monotonic(), request.method, printable_path(request.raw_path))
         status = 500
         try:
             response = await self._handle(request, call)
@@ -611,7 +514,7 @@ class Proxy:
             location = parts[4]
         if "models" in parts[:-1]:  # .../models/{model}:streamRawPredict
             model = unquote(parts[parts.index("models") + 1]).partition(":")[0]
-            call.model = _printable(model[:100])
+            call.model = printable_path(model[:100])
         from tokend.wire import vertex_origin
 
         return vertex_origin(location, s.api_endpoint) + "/" + rest
@@ -650,7 +553,7 @@ class Proxy:
         model = self.settings.aliases.get(original) or original
         if model.startswith("gemini-"):
             model = "google/" + model
-        call.model = _printable(model[:100])
+        call.model = printable_path(model[:100])
         if model == original:
             return body
         doc["model"] = model
@@ -793,13 +696,6 @@ def _env_proxy(target: URL) -> str | None:
     if host in ("127.0.0.1", "localhost", "::1") or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(target.scheme)
-
-
-def _printable(raw_path: str) -> str:
-    """The path for a log line: no query (it may hold anything), no control characters
-    (a terminal reading the journal must not be steered by a client), bounded."""
-    path = raw_path.partition("?")[0][:200]
-    return "".join(c if c.isprintable() else "?" for c in path)
 
 
 def _presented_keys(headers: Any) -> list[str]:
