@@ -48,6 +48,13 @@ ELSEWHERE = {
     "TOKEND_SOCKET=/srv/tokend-alice/tokend.sock tokend token": (
         "tests/test_reliability.py::test_allow_uids_lets_the_allowed_user_in_and_tells_the_other_why"
     ),
+    "export GCE_METADATA_HOST=127.0.0.1:8790 GCE_METADATA_IP=127.0.0.1:8790": (
+        "tests/test_metadata.py::test_the_readme_metadata_commands"
+    ),
+    "curl -s -H 'Metadata-Flavor: Google' "
+    '"http://$GCE_METADATA_HOST/computeMetadata/v1/instance/service-accounts/default/email"': (
+        "tests/test_metadata.py::test_the_readme_metadata_commands"
+    ),
 }
 #: What this machine cannot run, and why.
 NOT_HERE = {

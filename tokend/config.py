@@ -21,11 +21,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from tokend import wire
 from tokend.errors import ConfigError
@@ -41,6 +49,7 @@ __all__ = [
     "CLOUD_PLATFORM",
     "Config",
     "IdTokenConfig",
+    "MetadataConfig",
     "OpenAIConfig",
     "ProfileConfig",
     "ProxyConfig",
@@ -290,49 +299,63 @@ class ProfileConfig(_Model):
         return self.openai.base_url if self.openai else ""
 
 
+def _uids_list(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _uids_range(v: tuple[int, ...]) -> tuple[int, ...]:
+    if any(u < 0 for u in v):
+        raise ValueError("uids are whole numbers, 0 or more, e.g. [1001]")
+    return v
+
+
+#: ``allow_uids``: other users let in besides the daemon's own (and root).
+Uids = Annotated[tuple[int, ...], BeforeValidator(_uids_list), AfterValidator(_uids_range)]
+
+
 class SocketConfig(_Model):
     path: str = "tokend.sock"  #: "" turns the socket off
-    allow_uids: tuple[int, ...] = ()
-
-    @field_validator("allow_uids", mode="before")
-    @classmethod
-    def _uids_list(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return tuple(v)
-        return v
-
-    @field_validator("allow_uids")
-    @classmethod
-    def _uids_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(u < 0 for u in v):
-            raise ValueError("uids are whole numbers, 0 or more, e.g. [1001]")
-        return v
+    allow_uids: Uids = ()
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` of a loopback listener: ``(address to bind, port)``. ``localhost``
-    binds 127.0.0.1; ``[::1]`` binds ::1; port 0 takes any free port (the files that
-    name the address say which).
+#: Why each loopback listener refuses other addresses, for its configuration error.
+_LISTENERS = {
+    "proxy": ("the proxy spends your Google identity", "8789"),
+    "metadata": ("the metadata endpoint hands out your Google token", "8790"),
+}
+
+
+def parse_listen(value: str, listener: str = "proxy") -> tuple[str, int]:
+    """``host:port`` of a loopback listener (``listener``: ``proxy`` or ``metadata``,
+    for the message): ``(address to bind, port)``. ``localhost`` binds 127.0.0.1;
+    ``[::1]`` binds ::1; port 0 takes any free port (the files that name the address
+    say which).
 
     Raises:
         ValueError: not ``host:port``, or not a loopback address.
     """
+    why, example_port = _LISTENERS[listener]
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f'must be host:port on loopback, e.g. "127.0.0.1:8789", got {value!r}')
+        raise ValueError(
+            f'must be host:port on loopback, e.g. "127.0.0.1:{example_port}", got {value!r}'
+        )
     if not _is_loopback(host) or (":" in host and not host.startswith("[")):
         raise ValueError(
-            f"{host} is not a loopback address: the proxy spends your Google identity, so it "
-            'listens only on 127.0.0.1, [::1] or localhost (README.md, "Containers")'
+            f"{host} is not a loopback address: {why}, so it listens only on 127.0.0.1, "
+            '[::1] or localhost (README.md, "Containers")'
         )
     bind = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
     return bind, int(port_text)
 
 
-def _listen(value: Any) -> Any:
-    if isinstance(value, str) and value:
-        parse_listen(value)
-    return value
+def _listen_for(listener: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value:
+            parse_listen(value, listener)
+        return value
+
+    return check
 
 
 def _mib(value: Any) -> int:
@@ -355,7 +378,7 @@ class ProxyConfig(_Model):
     """The local OpenAI-compatible proxy (off unless ``listen`` is set)."""
 
     #: Loopback ``host:port``; "" = off.
-    listen: Annotated[str, BeforeValidator(_listen)] = ""
+    listen: Annotated[str, BeforeValidator(_listen_for("proxy"))] = ""
     #: Whose token and Vertex endpoint; that profile needs an ``[openai]`` table.
     profile: str = "default"
     #: What ``GET /v1/models`` lists (Vertex's OpenAI endpoint has no such route), with
@@ -371,19 +394,7 @@ class ProxyConfig(_Model):
     #: Connecting to the upstream may take this long (then 504).
     connect_timeout: Annotated[float, BeforeValidator(_seconds)] = 10.0
     #: Other uids whose connections the proxy accepts (Linux), besides ours and root's.
-    allow_uids: tuple[int, ...] = ()
-
-    @field_validator("allow_uids", mode="before")
-    @classmethod
-    def _uids_list(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
-
-    @field_validator("allow_uids")
-    @classmethod
-    def _uids_range(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(u < 0 for u in v):
-            raise ValueError("uids are whole numbers, 0 or more, e.g. [1001]")
-        return v
+    allow_uids: Uids = ()
 
     @field_validator("models", mode="before")
     @classmethod
@@ -397,6 +408,39 @@ class ProxyConfig(_Model):
     @property
     def address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+
+def _project_number(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value and not (value.isdigit() and len(value) <= 20):
+        raise ValueError('must be the project number, digits only, e.g. "123456789012"')
+    return value
+
+
+class MetadataConfig(_Model):
+    """The GCE-metadata-compatible endpoint (off unless ``listen`` is set)."""
+
+    #: Loopback ``host:port``; "" = off.
+    listen: Annotated[str, BeforeValidator(_listen_for("metadata"))] = ""
+    #: Whose token (and account, scopes, project) it serves as the VM's service account.
+    profile: str = "default"
+    #: ``project/project-id``; "" = the profile's ``openai.project``, else its
+    #: ``quota_project``, else a 404.
+    project_id: str = Field(default="", pattern=r"^([a-z][a-z0-9:.\-]{4,62}[a-z0-9])?$")
+    #: ``project/numeric-project-id`` (gcloud takes a metadata server that knows it for
+    #: GCE); "" = a 404. A TOML integer is taken too.
+    numeric_project_id: Annotated[str, BeforeValidator(_project_number)] = ""
+    #: Other uids whose connections it accepts (Linux), besides ours and root's.
+    allow_uids: Uids = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen, "metadata")
 
 
 def _default_profiles() -> dict[str, ProfileConfig]:
@@ -415,6 +459,7 @@ class Config(_Model):
     state_dir: str = ""
     socket: SocketConfig = SocketConfig()
     proxy: ProxyConfig = ProxyConfig()
+    metadata: MetadataConfig = MetadataConfig()
     #: ID token audiences asked for over the socket (or the metadata endpoint) that are
     #: kept and refreshed at most, across profiles; the least recently used goes first.
     max_id_token_audiences: Annotated[int, BeforeValidator(_max_audiences)] = 16
@@ -515,6 +560,35 @@ class Config(_Model):
                 'location = "us-central1"'
             )
 
+    def validate_metadata(self) -> None:
+        """The metadata endpoint's profile exists, and it does not claim the proxy's
+        address."""
+        if not self.metadata.enabled:
+            return
+        name = self.metadata.profile
+        if name not in self.profiles:
+            names = ", ".join(sorted(self.profiles))
+            raise ConfigError(
+                f"{self.source}: metadata.profile: no profile {name!r} (configured: {names})"
+            )
+        if (
+            self.proxy.enabled
+            and self.metadata.address == self.proxy.address
+            and self.metadata.address[1] != 0
+        ):
+            raise ConfigError(
+                f"{self.source}: metadata.listen: {self.metadata.listen} is proxy.listen too; "
+                "give each its own port"
+            )
+
+    @property
+    def metadata_project_id(self) -> str:
+        """What ``project/project-id`` answers ("" = unknown: a 404)."""
+        profile = self.profiles.get(self.metadata.profile)
+        if self.metadata.project_id or profile is None:
+            return self.metadata.project_id
+        return (profile.openai.project if profile.openai else "") or profile.quota_project
+
     def validate_socket(self, env: Mapping[str, str] | None = None) -> None:
         """``socket.allow_uids`` is useful only with a socket others can reach: outside
         the runtime dir (always 0700) and ``$XDG_RUNTIME_DIR`` (0700 on every systemd
@@ -588,6 +662,8 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 _PATTERN_HELP = {
     "project": "must be a Google Cloud project ID such as my-project-123 (6 to 30 lowercase "
     "letters, digits and hyphens, starting with a letter)",
+    "project_id": "must be a Google Cloud project ID such as my-project-123 (6 to 30 "
+    "lowercase letters, digits and hyphens, starting with a letter), or empty",
     "location": "must be a Vertex AI location such as us-central1, or global",
     "endpoint": "must be openapi or a Model Garden endpoint ID (letters, digits, _ and -)",
 }
@@ -662,6 +738,7 @@ def parse(
     cfg.validate_sinks()
     cfg.validate_socket(env)
     cfg.validate_proxy()
+    cfg.validate_metadata()
     return cfg
 
 

@@ -41,6 +41,7 @@ from tokend.threads import run_in_thread
 from tokend.watch import Watcher
 
 if TYPE_CHECKING:
+    from tokend.metadata import Metadata
     from tokend.proxy import Proxy
 
 __all__ = ["Daemon", "harden_process", "prepare_paths", "run_once"]
@@ -151,6 +152,7 @@ class Daemon:
         self._files: frozenset[Path] = frozenset()
         self._server: SocketServer | None = None
         self._proxy: Proxy | None = None
+        self._metadata: Metadata | None = None
         self._pending: set[asyncio.Task[None]] = set()
         #: What the front ends see of the daemon (and nothing else): the live map of
         #: refreshers, the settings answers name, and the answers built on them.
@@ -193,6 +195,8 @@ class Daemon:
                 await self._server.start()
             if self.config.proxy.enabled:
                 await self._start_proxy()
+            if self.config.metadata.enabled:
+                self._metadata = await self._start_metadata(self.config)
             self._link.start(self.first_attempts)  # READY=1 once every profile tried
             self._background(self._settle_heap())
             self._background(self._watch_clocks())
@@ -239,6 +243,55 @@ class Daemon:
         self.served.state_dir = str(state)
         if self._watcher is not None:
             self._watcher.set_targets(self._watch_targets())
+
+    async def _start_metadata(self, config: Config) -> Metadata:
+        """The metadata endpoint for ``config``, listening.
+
+        Raises:
+            ConfigError: the address is taken.
+        """
+        from tokend.metadata import Metadata, MetadataSettings  # aiohttp: only when on
+
+        metadata = Metadata(
+            self.endpoints,
+            MetadataSettings.of(config),
+            self.endpoints.metrics,
+            id_token=None,  # the ID-token source (IdTokenHook) plugs in here
+        )
+        await metadata.start()
+        self.served.metadata_host = metadata.host
+        return metadata
+
+    async def _reconfigure_metadata(self, config: Config) -> None:
+        """A reload: new settings at once; turned on, off or moved, the endpoint is
+        started (before the old one stops, so a taken address keeps the old one) or
+        stopped."""
+        from tokend.metadata import MetadataSettings
+
+        old = self._metadata
+        if not config.metadata.enabled:
+            if old is not None:
+                self._metadata = None
+                self.served.metadata_host = ""
+                await old.stop()
+                log.info("metadata endpoint stopped (metadata.listen is off)")
+            return
+        settings = MetadataSettings.of(config)
+        if old is not None and (old.settings.bind, old.settings.port) == (
+            settings.bind,
+            settings.port,
+        ):
+            old.configure(settings)
+            return
+        try:
+            self._metadata = await self._start_metadata(config)
+        except ConfigError as err:
+            log.error("%s; %s", err, "keeping the running one" if old else "it stays off")
+            if old is not None:
+                old.configure(settings)
+            return
+        if old is not None:
+            await old.stop()
 
     async def _reload_keys(self) -> None:
         """The keys file changed (``tokend proxy-key ...``): serve its keys from now on. A
@@ -308,6 +361,9 @@ class Daemon:
         if self._proxy is not None:
             await self._proxy.stop()
             self._proxy = None
+        if self._metadata is not None:
+            await self._metadata.stop()
+            self._metadata = None
         if self._server is not None:
             await self._server.stop()  # first: no client waits on a refresher being stopped
             self._server = None
@@ -428,6 +484,7 @@ class Daemon:
                         old_socket[0] or "no socket",
                     )
                 self._reconfigure_proxy(config)
+                await self._reconfigure_metadata(config)
             except (ConfigError, PermissionError) as err:
                 log.error("configuration not reloaded, keeping the running one: %s", err)
                 return

@@ -73,6 +73,8 @@ def _checks(config_path: str | None) -> Iterator[Check]:
     yield _socket(cfg.socket_path, status, why)
     if cfg.proxy.enabled and status is not None:
         yield _proxy(cfg.runtime_path, status)
+    if cfg.metadata.enabled and status is not None:
+        yield _metadata(status)
     yield _service()
     for name in cfg.profiles:
         yield _token(name, profiles.get(name) or {}, file)
@@ -153,6 +155,33 @@ def _socket(path: Path | None, status: dict[str, Any] | None, why: str) -> Check
         return Check("socket", "FAIL", what, fix)
     n = len(status.get("profiles") or {})
     return Check("socket", "OK", f"tokend answers on {path} ({n} profile(s))")
+
+
+def _metadata(status: dict[str, Any]) -> Check:
+    """The metadata endpoint answers its ping as GCE's does (what the libraries check)."""
+    import http.client
+
+    host = status.get("metadata")
+    if not host:
+        return Check(
+            "metadata",
+            "FAIL",
+            "metadata.listen is set but the running tokend has no metadata endpoint",
+            "see the daemon's log; `systemctl --user reload tokend` tries again",
+        )
+    address, _, port = str(host).rpartition(":")
+    conn = http.client.HTTPConnection(address.strip("[]"), int(port), timeout=3.0)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+    except (OSError, http.client.HTTPException) as err:
+        return Check("metadata", "FAIL", f"{host}: no answer ({err})", "see the daemon's log")
+    finally:
+        conn.close()
+    if resp.status != 200 or resp.getheader("Metadata-Flavor") != "Google":
+        return Check("metadata", "FAIL", f"{host}: answered {resp.status}: not tokend's?")
+    return Check("metadata", "OK", f"{host} answers; GCE_METADATA_HOST={host}")
 
 
 def _proxy(runtime: Path, status: dict[str, Any]) -> Check:

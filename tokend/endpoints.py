@@ -4,8 +4,8 @@ Two front ends speak HTTP on the socket: the fast path (:mod:`tokend.server`, wh
 recognises plain GETs byte by byte and answers from cached bytes) and aiohttp
 (:mod:`tokend.api`, everything else). Both ask this module, and only this module, what
 to answer: which token, which error with which advice, what healthy is, the status
-payload, the limits and the query parsing. Later front ends (the local proxy, the
-metadata endpoint) will ask it too.
+payload, the limits and the query parsing. The other front ends (the local proxy, the
+metadata endpoint) get their tokens and errors here too.
 
 They see :class:`Served`, a narrow handle: the daemon's live map of refreshers and the
 two settings answers need (like uvicorn's ``ServerState``, which its protocols see
@@ -93,7 +93,14 @@ class Served:
     reload adds and replaces entries in place) and the two settings answers name. The
     daemon updates the settings when a reload changes them."""
 
-    __slots__ = ("config_source", "proxy_url", "refreshers", "runtime_dir", "state_dir")
+    __slots__ = (
+        "config_source",
+        "metadata_host",
+        "proxy_url",
+        "refreshers",
+        "runtime_dir",
+        "state_dir",
+    )
 
     def __init__(
         self, refreshers: Mapping[str, ProfileRefresher], config_source: str, runtime_dir: Path
@@ -105,6 +112,9 @@ class Served:
         #: it is off): `tokend proxy-key` edits the keys this daemon reads.
         self.proxy_url = ""
         self.state_dir = ""
+        #: ``host:port`` of the metadata endpoint once it listens ("" when it is off):
+        #: what GCE_METADATA_HOST should say.
+        self.metadata_host = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +509,7 @@ class Endpoints:
                 "pid": os.getpid(),
                 "runtime_dir": str(self.served.runtime_dir),
                 "proxy": self.served.proxy_url or None,
+                "metadata": self.served.metadata_host or None,
                 "state_dir": self.served.state_dir or None,
                 "healthy": all(r.valid_token() for r in refreshers.values()),
                 "profiles": {
@@ -517,7 +528,6 @@ class Endpoints:
             {**r.snapshot().as_dict(), "profile": profile, "audience": audience}
             for profile, audience, r in self.id_tokens.entries()
         ]
-
 
     def metrics_text(self) -> Answer:
         return Answer(200, self.metrics.text(), content_type=CONTENT_TYPE)

@@ -35,6 +35,8 @@ class Metrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         #: Local proxy requests: (key name, status) -> count.
         self.proxy_requests: Counter[tuple[str, str]] = Counter()
+        #: Metadata endpoint requests: (route, status) -> count.
+        self.metadata_requests: Counter[tuple[str, str]] = Counter()
         self.refreshes: dict[str, int] = {}
         self.failures: dict[tuple[str, str], int] = {}
         self._last: dict[str, tuple[float | None, int]] = {}
@@ -77,6 +79,12 @@ class Metrics:
                 "Local proxy requests by local key name and HTTP status.",
                 ["key", "status"],
                 self.proxy_requests,
+            ),
+            (
+                "tokend_metadata_requests",
+                "Metadata endpoint requests by route and HTTP status.",
+                ["route", "status"],
+                self.metadata_requests,
             ),
         ):
             family = CounterMetricFamily(name, doc, labels=labels)
