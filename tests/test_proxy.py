@@ -614,6 +614,7 @@ def test_what_goes_upstream(fake: FakeGoogle, api: FakeOpenAI, proxied: Callable
     ],
 )
 def test_refused_requests_never_reach_the_upstream(
+    fake: FakeGoogle,
     api: FakeOpenAI,
     proxied: Callable[..., Any],
     method: str,
@@ -631,6 +632,7 @@ def test_refused_requests_never_reach_the_upstream(
         err = error_of(body)
         assert err["code"] == code
         assert env["OPENAI_API_KEY"] not in body.decode()
+        assert fake.secrets() and not [t for t in fake.secrets() if t in body.decode()]
         assert api.requests == []
 
 
