@@ -15,6 +15,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,tools]" >&2
+    # shell-gpt (tests/test_tools.py) in a venv of its own, as pipx gives it: it pins
+    # openai<3, older than the SDK the [test] extra tests. It imports click without
+    # declaring it (the typer it gets, 0.29, vendors its own click), so click comes along.
+    "$PY" -m venv "$VENV/tools/shell-gpt"
+    "$VENV/tools/shell-gpt/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "shell-gpt>=1.4" click >&2
     printf '%s' "$want" > "$stamp"
 fi
 # Bytecode for the package, as an installed wheel has it: with PYTHONDONTWRITEBYTECODE

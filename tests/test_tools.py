@@ -3,8 +3,9 @@ long-running process, across at least three token rotations, against the Vertex-
 stand-in (which accepts only a live token) with the real ``tokend run`` in front.
 
 The tools come from the ``[tools]`` extra (langchain-openai, llm, litellm, pydantic-ai,
-anthropic[vertex], google-genai). Without them these tests are skipped, except under
-CI, where a missing tool fails.
+anthropic[vertex], google-genai); shell-gpt from a venv of its own that
+scripts/_bootstrap.sh makes (it pins openai<3). Without them these tests are skipped,
+except under CI, where a missing tool fails.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ def run_across_rotations(
     *,
     stdin: Callable[[subprocess.Popen[str]], None] | None = None,
     timeout: float = 90.0,
+    new_session: bool = False,
 ) -> str:
     """Run the tool's process until the stand-in has accepted more than ROTATIONS
-    distinct tokens from it; then stop it. Every request must have been accepted."""
+    distinct tokens from it; then stop it. Every request must have been accepted.
+    ``new_session``: no controlling terminal (a tool that would open /dev/tty cannot)."""
     proc = subprocess.Popen(
         argv,
         env=env,
@@ -82,6 +85,7 @@ def run_across_rotations(
         stderr=subprocess.PIPE,
         text=True,
         cwd=env.get("HOME", "/"),
+        start_new_session=new_session,
     )
     try:
         if stdin is not None:
@@ -280,6 +284,67 @@ def test_llm_chat(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
 
     out = run_across_rotations(api, [exe, "chat", "-m", "vertex"], env, stdin=converse)
     assert out.count("ok") > ROTATIONS, out
+
+
+# -- shell-gpt -------------------------------------------------------------------------------
+
+
+def sgpt_command() -> str:
+    """shell-gpt's ``sgpt``: from its own venv, which scripts/_bootstrap.sh makes beside the
+    project's (as pipx would: shell-gpt pins openai<3), else from PATH."""
+    own = Path(sys.prefix) / "tools" / "shell-gpt" / "bin" / "sgpt"
+    exe = str(own) if own.exists() else shutil.which("sgpt")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"sgpt is missing: scripts/_bootstrap.sh installs it at {own}")
+        pytest.skip(f"sgpt is not installed (scripts/_bootstrap.sh puts it at {own})")
+    return exe
+
+
+def test_sgpt_repl(daemon: Daemon, api: FakeOpenAI) -> None:
+    """`sgpt --repl temp`, the process that crashed at the first token expiry before the
+    proxy: one long-running REPL, configured only by its ``.sgptrc`` with proxy.env's
+    values, a prompt every second across rotations."""
+    exe = sgpt_command()
+    home = daemon.dir / "sgpt-home"
+    config = home / ".config" / "shell_gpt"
+    config.mkdir(parents=True)
+    values = proxy_env(daemon)
+    (config / ".sgptrc").write_text(
+        f"API_BASE_URL={values['OPENAI_BASE_URL']}\n"
+        f"OPENAI_API_KEY={values['OPENAI_API_KEY']}\n"
+        "DEFAULT_MODEL=google/gemini-2.5-flash\n"
+        f"CHAT_CACHE_PATH={home / 'chat_cache'}\n"
+        f"CACHE_PATH={home / 'cache'}\n"
+    )
+    # sgpt finds its config under ~ (HOME); nothing of the proxy in its environment.
+    env = tool_env(daemon, HOME=str(home))
+
+    def converse(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdin is not None
+        # With stdin not a terminal, sgpt first reads an initial prompt up to this line,
+        # then tries /dev/tty (none: a new session) and reads the REPL's input from stdin.
+        proc.stdin.write("__sgpt__eof__\n")
+        done = 0
+
+        def answered() -> bool:
+            return sum(1 for s in api.requests if s.status == 200) > done
+
+        while len(set(api.seen_tokens)) <= ROTATIONS:
+            assert proc.poll() is None, "sgpt --repl exited"
+            proc.stdin.write(f"hi {done}\n")  # distinct prompts: no answer from its cache
+            proc.stdin.flush()
+            wait_for(answered, 15)
+            done += 1
+            time.sleep(1.0)
+        proc.stdin.write("exit()\n")
+        proc.stdin.flush()
+        proc.wait(15)
+
+    out = run_across_rotations(api, [exe, "--repl", "temp"], env, stdin=converse, new_session=True)
+    assert out.count("ok ok ok") > ROTATIONS, out  # the stand-in streams "ok ok ok"
+    assert {s.json()["model"] for s in api.requests} == {"google/gemini-2.5-flash"}
+    assert all(s.json()["stream"] is True for s in api.requests)
 
 
 # -- Vertex's own API through /vertex: Anthropic's SDK, google-genai -------------------------
