@@ -105,6 +105,12 @@ def run_across_rotations(
     return out
 
 
+def no_local_key_upstream(api: FakeOpenAI, key: str) -> None:
+    """The local key the tool sent never reached the upstream, in any header."""
+    assert api.requests
+    assert not [s for s in api.requests if key in repr(sorted(s.headers.items()))]
+
+
 # -- langchain-openai -----------------------------------------------------------------------
 
 LANGCHAIN_CALLABLE = """
@@ -345,6 +351,7 @@ def test_sgpt_repl(daemon: Daemon, api: FakeOpenAI) -> None:
     assert out.count("ok ok ok") > ROTATIONS, out  # the stand-in streams "ok ok ok"
     assert {s.json()["model"] for s in api.requests} == {"google/gemini-2.5-flash"}
     assert all(s.json()["stream"] is True for s in api.requests)
+    no_local_key_upstream(api, values["OPENAI_API_KEY"])
 
 
 # -- Vertex's own API through /vertex: Anthropic's SDK, google-genai -------------------------
@@ -426,6 +433,7 @@ def test_anthropic_vertex(daemon: Daemon, api: FakeOpenAI, way: str) -> None:
     assert all(
         "/publishers/anthropic/models/claude-sonnet-4@20250514:" in s.path for s in api.requests
     ), api.requests
+    no_local_key_upstream(api, env["OPENAI_API_KEY"])
 
 
 GENAI = """
@@ -467,3 +475,4 @@ def test_google_genai(daemon: Daemon, api: FakeOpenAI) -> None:
         )
         for s in api.requests
     ), api.requests
+    no_local_key_upstream(api, env["OPENAI_API_KEY"])
