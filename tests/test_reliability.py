@@ -1125,11 +1125,14 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
     fake: FakeGoogle, short_tmp: Path
 ) -> None:
     """1. Three profiles: a user login through ADC (refresh token, client secret), a
-       service account key (private key) and one whose credentials file is missing.
+       service account key (private key) and one whose credentials file is missing;
+       the service account also keeps an ID token in a file, and one more is asked
+       for over the socket (ID tokens are secrets too).
     2. Gathered: /proc/PID/cmdline of tokend, of ``tokend exec`` and of its child;
-       /v1/status, /metrics, /healthz, the 503/404 error bodies, ``tokend status``
-       (text and --json), ``tokend token`` for the broken profile and the
-       TokenUnavailable message the client raises; the daemon log.
+       /v1/status, /metrics, /healthz, the 503/404 error bodies (an ID token asked of
+       the user login among them), ``tokend status`` (text and --json), ``tokend
+       token`` for the broken profile and the TokenUnavailable message the client
+       raises; the daemon log.
     3. No value FakeGoogle handed out appears in any of them (the child does get
        OPENAI_API_KEY in its environment, which is the point of exec)."""
     from tests.reliability_util import cmdline
@@ -1140,6 +1143,7 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
     config = (
         f'[profiles.default]\ntoken_uri = "{fake.token_uri}"\n'
         f'[profiles.sa]\ncredentials = "{sa}"\n'
+        '[[profiles.sa.id_tokens]]\naudience = "https://run.example.com"\npath = "run.jwt"\n'
         f'[profiles.broken]\ncredentials = "{short_tmp}/missing.json"\n'
     )
     texts: dict[str, str | bytes] = {}
@@ -1149,6 +1153,9 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
         sock = d.file("tokend.sock")
         wait_for(lambda: profile_status(sock, "broken")["state"] == "reauth_required")
         wait_for(lambda: profile_status(sock, "sa")["state"] == "fresh")
+        wait_for(lambda: d.read("run.jwt"))
+        asked = get(sock, "/v1/id_token?profile=sa&audience=https://asked.example.com")
+        assert asked[0] == 200 and len(fake.id_tokens_issued) == 2
         texts["tokend cmdline"] = cmdline(d.proc.pid)
         for target in (
             "/v1/status",
@@ -1157,6 +1164,8 @@ def test_no_secret_in_logs_status_errors_or_command_lines(
             "/v1/token?profile=broken",
             "/v1/token?profile=nope",
             "/v1/token?min_valid=abc",
+            "/v1/id_token?audience=https://asked.example.com",
+            "/v1/id_token?profile=sa&audience=http://plain.example.com",
         ):
             texts[target] = get(sock, target)[1]
 
