@@ -812,3 +812,34 @@ def test_a_configured_file_follows_new_credentials_and_is_removed_before_expiry(
         _, st = get_json(d.file("tokend.sock"), "/v1/status")
         (entry,) = st["id_tokens"]
         assert entry["state"] in ("retrying", "expired") and entry["consecutive_failures"] >= 1
+
+
+def test_cycling_through_audiences_does_not_grow_the_daemon(
+    fake: FakeGoogle, short_tmp: Path
+) -> None:
+    """A client asks for 100 audiences, one after the other, of a daemon that keeps 4:
+    each is minted and answered, /v1/status lists only the 4 most recent, and the
+    daemon's open files and threads are what they were after the first 4."""
+    from tests.reliability_util import proc_figures
+
+    config = "max_id_token_audiences = 4\n" + sa_config(fake, short_tmp)
+    with run_daemon(fake, short_tmp, config) as d:
+        sock = d.file("tokend.sock")
+        for i in range(4):
+            assert get_json(sock, f"/v1/id_token?audience=https://warm{i}.example.com")[0] == 200
+        time.sleep(0.3)
+        before = proc_figures(d.proc.pid)
+        for i in range(100):
+            status, body = get_json(sock, f"/v1/id_token?audience=https://svc{i}.example.com")
+            assert status == 200 and body["audience"] == f"https://svc{i}.example.com"
+        _, st = get_json(sock, "/v1/status")
+        assert [t["audience"] for t in st["id_tokens"]] == [
+            f"https://svc{i}.example.com" for i in range(96, 100)
+        ]
+        assert fake.calls["id_token"] == 104
+
+        def settled() -> bool:  # a thread may take a moment to end after its answer
+            now = proc_figures(d.proc.pid)
+            return now["fds"] <= before["fds"] and now["threads"] <= before["threads"]
+
+        wait_for(settled, 5)
