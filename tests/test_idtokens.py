@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -843,3 +844,35 @@ def test_cycling_through_audiences_does_not_grow_the_daemon(
             return now["fds"] <= before["fds"] and now["threads"] <= before["threads"]
 
         wait_for(settled, 5)
+
+
+def test_run_once_writes_configured_id_token_files(fake: FakeGoogle, short_tmp: Path) -> None:
+    """`tokend run --once`: a service-account profile's ID token file holds a token for
+    its audience (json: the /v1/id_token object), exit 0. A user login's: the access
+    token files are written, the ID token's is not, exit 3 with one line saying to
+    impersonate."""
+    rt = short_tmp / "rt"
+    env = {**os.environ, **fake.env(), "TOKEND_RUNTIME_DIR": str(rt)}
+    ids = (
+        f'[[profiles.default.id_tokens]]\naudience = "{RUN}"\npath = "run.json"\n'
+        'format = "json"\n'
+    )
+    config = short_tmp / "config.toml"
+    config.write_text(sa_config(fake, short_tmp, ids))
+    cmd = [sys.executable, "-m", "tokend", "run", "--once", "--config", str(config)]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    written = json.loads((rt / "run.json").read_text())
+    assert written["audience"] == RUN and verify(fake, written["id_token"], RUN)["email"] == SA
+    assert f"profile default (ID token for {RUN}): wrote {rt / 'run.json'}" in ok.stderr
+    (rt / "run.json").unlink()
+    user = fake.write_authorized_user(short_tmp / "user.json")
+    config.write_text(
+        f'[profiles.default]\ncredentials = "{user}"\ntoken_uri = "{fake.token_uri}"\n{ids}'
+    )
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 3 and fake.is_valid((rt / "token").read_text())
+    assert not (rt / "run.json").exists()
+    (error,) = [line for line in bad.stderr.splitlines() if "ERROR" in line]
+    assert "cannot mint ID tokens for an audience; set impersonate" in error
+    assert_no_secrets(fake, ok.stderr, bad.stderr)

@@ -22,7 +22,7 @@ from tokend import clock, proxykeys
 from tokend.config import Config, ProfileConfig, load
 from tokend.endpoints import Endpoints, Served
 from tokend.errors import ConfigError, CredentialsError, RefreshError, UnsafePathError
-from tokend.idtokens import IdTokens
+from tokend.idtokens import AudienceSource, IdTokens, entry_name
 from tokend.metrics import Metrics
 from tokend.paths import (
     check_sink_parent,
@@ -32,7 +32,7 @@ from tokend.paths import (
     ensure_shared_dir,
     is_within,
 )
-from tokend.refresher import ProfileRefresher, fetch_within
+from tokend.refresher import ProfileRefresher, TokenSource, fetch_within
 from tokend.server import SocketServer, refuse_if_served
 from tokend.service.notify import ServiceLink, describe
 from tokend.sinks import FileSink, sweep_temp_files
@@ -649,27 +649,35 @@ def run_once(config: Config) -> int:
     timeout = config.timeout
     worst = 0
     for name, pc in config.profiles.items():
-        sinks = make_sinks(config, name, pc)
         source = Source(name, config.profile(name), timeout=timeout)
-        try:
-            tok = asyncio.run(fetch_within(source, timeout))
-        except (CredentialsError, RefreshError) as err:
-            log.error("profile %s: %s", name, err)
-            worst = 3
-            continue
-        now = clock.steady()
-        for sink in sinks:
+        # The access token's files, then each configured ID token's (same credentials).
+        jobs: list[tuple[str, TokenSource, list[FileSink]]] = [
+            (name, source, make_sinks(config, name, pc))
+        ]
+        jobs += [
+            (entry_name(name, audience), AudienceSource(source, audience), sinks)
+            for audience, sinks in make_id_token_sinks(config, pc)
+        ]
+        for label, src, sinks in jobs:
             try:
-                sink.write(tok, now)
-            except OSError as err:
-                log.error("profile %s: cannot write %s: %s", name, sink.path, err.strerror)
-                worst = 1 if worst == 0 else worst
-        log.info(
-            "profile %s: wrote %s (%s, expires in %ds; no daemon runs to replace or remove "
-            "it, so readers must check its expires_at)",
-            name,
-            ", ".join(str(s.path) for s in sinks),
-            tok.fingerprint,
-            tok.expires_in(now),
-        )
+                tok = asyncio.run(fetch_within(src, timeout))
+            except (CredentialsError, RefreshError) as err:
+                log.error("profile %s: %s", label, err)
+                worst = 3
+                continue
+            now = clock.steady()
+            for sink in sinks:
+                try:
+                    sink.write(tok, now)
+                except OSError as err:
+                    log.error("profile %s: cannot write %s: %s", label, sink.path, err.strerror)
+                    worst = 1 if worst == 0 else worst
+            log.info(
+                "profile %s: wrote %s (%s, expires in %ds; no daemon runs to replace or "
+                "remove it, so readers must check its expires_at)",
+                label,
+                ", ".join(str(s.path) for s in sinks),
+                tok.fingerprint,
+                tok.expires_in(now),
+            )
     return worst
