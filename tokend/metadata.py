@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,10 +45,9 @@ from aiohttp import web
 from tokend import clock
 from tokend.config import Config
 from tokend.endpoints import Answer, Endpoints, TokenQuery
-from tokend.errors import ConfigError
 from tokend.logs import printable_path
 from tokend.metrics import Metrics
-from tokend.peers import PeerGuard, forbidden
+from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts
 
 __all__ = ["IdTokenHook", "Metadata", "MetadataSettings"]
 
@@ -187,25 +185,11 @@ class Metadata:
             ConfigError: the address is taken or cannot be bound.
         """
         s = self.settings
-        family = socket.AF_INET6 if ":" in s.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((s.bind, s.port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError as err:
-            sock.close()
-            raise ConfigError(
-                f"metadata.listen: cannot listen on {s.bind}:{s.port}: {err.strerror}; "
-                "another program (or another tokend) may be using it: choose another port"
-            ) from None
+        sock = listen_loopback(s.bind, s.port, "metadata")
         self.port = int(sock.getsockname()[1])
-        bound = f"[{s.bind}]" if ":" in s.bind else s.bind
-        names = {"127.0.0.1", "localhost", "[::1]", bound, *METADATA_NAMES}
         # With its port, as every client sends it; the metadata server's own name also
         # bare, for a client that reaches it on port 80 through a redirect.
-        self._hosts = frozenset({f"{n}:{self.port}" for n in names} | set(METADATA_NAMES))
+        self._hosts = loopback_hosts(s.bind, self.port, *METADATA_NAMES) | set(METADATA_NAMES)
         self._web = web.Server(
             self.handle,
             access_log=None,  # one line per request of our own, without query strings

@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from tokend.errors import ConfigError
 from tokend.threads import in_thread
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "PROC_LIMIT",
     "PeerGuard",
     "forbidden",
+    "listen_loopback",
+    "loopback_hosts",
     "quick_peer_uid",
     "tcp_peer_uid",
 ]
@@ -432,6 +435,37 @@ def _read_proc(path: str) -> bytes:
 
 
 # -- the guard in front of a loopback listener ------------------------------------------
+
+
+def listen_loopback(bind: str, port: int, key: str) -> socket.socket:
+    """A non-blocking listening TCP socket on ``bind``:``port`` (0: any free port), for
+    the listener configured as ``key.listen`` (``proxy``, ``metadata``).
+
+    Raises:
+        ConfigError: the address is taken or cannot be bound, in one line naming the key.
+    """
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"{key}.listen: cannot listen on {bind}:{port}: {err.strerror}; "
+            "another program (or another tokend) may be using it: choose another port"
+        ) from None
+    return sock
+
+
+def loopback_hosts(bind: str, port: int, *names: str) -> frozenset[str]:
+    """The ``Host`` values a loopback listener accepts (DNS rebinding: a page at
+    evil.example resolving to 127.0.0.1 sends its own): the loopback names and the bound
+    address, and ``names``, each with the port."""
+    bound = f"[{bind}]" if ":" in bind else bind
+    return frozenset(f"{n}:{port}" for n in {"127.0.0.1", "localhost", "[::1]", bound, *names})
 
 
 def forbidden(body: bytes, content_type: str) -> bytes:

@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,9 @@ from yarl import URL
 from tokend import clock
 from tokend.config import PROXY_ENV, Config
 from tokend.endpoints import Answer, Endpoints, TokenQuery
-from tokend.errors import ConfigError
 from tokend.logs import printable_path
 from tokend.metrics import Metrics
-from tokend.peers import PeerGuard, forbidden
+from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts
 from tokend.proxykeys import DEFAULT, KeyRing
 from tokend.refresher import ProfileRefresher
 from tokend.sinks import atomic_write
@@ -268,23 +266,9 @@ class Proxy:
             ConfigError: the address is taken or cannot be bound.
         """
         s = self.settings
-        family = socket.AF_INET6 if ":" in s.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((s.bind, s.port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError as err:
-            sock.close()
-            raise ConfigError(
-                f"proxy.listen: cannot listen on {s.bind}:{s.port}: {err.strerror}; "
-                "another program (or another tokend) may be using it: choose another port"
-            ) from None
+        sock = listen_loopback(s.bind, s.port, "proxy")
         self.port = int(sock.getsockname()[1])
-        bound = f"[{s.bind}]" if ":" in s.bind else s.bind
-        names = {"127.0.0.1", "localhost", "[::1]", bound}
-        self._hosts = frozenset(f"{n}:{self.port}" for n in names)
+        self._hosts = loopback_hosts(s.bind, self.port)
         self._web = web.Server(
             self.handle,
             handler_cancellation=True,  # a client gone cancels its upstream request
