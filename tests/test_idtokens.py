@@ -9,8 +9,10 @@ checks the signature against the certificates FakeGoogle serves, ``aud`` and ``e
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -876,3 +878,50 @@ def test_run_once_writes_configured_id_token_files(fake: FakeGoogle, short_tmp: 
     (error,) = [line for line in bad.stderr.splitlines() if "ERROR" in line]
     assert "cannot mint ID tokens for an audience; set impersonate" in error
     assert_no_secrets(fake, ok.stderr, bad.stderr)
+
+
+# -- the metadata endpoint's identity -------------------------------------------------------
+
+
+def test_metadata_identity_gives_google_auth_an_id_token(fake: FakeGoogle, short_tmp: Path) -> None:
+    """[metadata] on, a service-account profile:
+    1. google-auth's own fetch_id_token(), in a process of its own configured only by
+       GCE_METADATA_HOST/IP (no ADC file), gets an ID token from tokend's
+       …/identity?audience=…&format=full that verifies for the audience.
+    2. It is the token /v1/id_token answers: one cache for every front end.
+    3. A bad audience is a 400 saying what is allowed; no audience, the endpoint's 400."""
+    config = sa_config(fake, short_tmp, '[metadata]\nlisten = "127.0.0.1:0"\n')
+    with run_daemon(fake, short_tmp, config) as d:
+        host = wait_for(lambda: re.findall(r"GCE_METADATA_HOST=(\S+)\)", d.log()), 10)[-1]
+        home = short_tmp / "home"
+        home.mkdir()
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "GCE_METADATA_HOST": host,
+            "GCE_METADATA_IP": host,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        code = (
+            "import google.auth.transport.requests as r, google.oauth2.id_token as i; "
+            f"print(i.fetch_id_token(r.Request(), {RUN!r}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        token = out.stdout.strip()
+        assert verify(fake, token, RUN)["email"] == SA
+        status, body = get_json(d.file("tokend.sock"), f"/v1/id_token?audience={RUN}")
+        assert status == 200 and body["id_token"] == token
+        path = "/computeMetadata/v1/instance/service-accounts/default/identity"
+        bad = f"?audience={quote('http://x', safe='')}"
+        for query, why in ((bad, "https://"), ("", "audience")):
+            conn = http.client.HTTPConnection(*host.split(":"), timeout=10)
+            try:
+                conn.request("GET", path + query, headers={"Metadata-Flavor": "Google"})
+                resp = conn.getresponse()
+                assert resp.status == 400 and why in resp.read().decode()
+            finally:
+                conn.close()
+        assert token not in d.log()

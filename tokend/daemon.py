@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokend import clock, proxykeys
 from tokend.config import Config, ProfileConfig, load
-from tokend.endpoints import Endpoints, Served
+from tokend.endpoints import Answer, Endpoints, Served
 from tokend.errors import ConfigError, CredentialsError, RefreshError, UnsafePathError
 from tokend.idtokens import AudienceSource, IdTokens, entry_name
 from tokend.metrics import Metrics
@@ -256,7 +256,7 @@ class Daemon:
             self.endpoints,
             MetadataSettings.of(config),
             self.endpoints.metrics,
-            id_token=None,  # the ID-token source (IdTokenHook) plugs in here
+            id_token=self._metadata_id_token,
         )
         await metadata.start()
         self.served.metadata_host = metadata.host
@@ -601,6 +601,14 @@ class Daemon:
                 log.error("background task failed: %s", t.exception())
 
         task.add_done_callback(done)
+
+    async def _metadata_id_token(self, profile: str, audience: str) -> str | Answer:
+        """The metadata endpoint's ``…/identity?audience=`` (its ``IdTokenHook``): an ID
+        token from the cache ``/v1/id_token`` answers from, waiting for a new audience's
+        first one as long as the endpoint waits for a first access token."""
+        from tokend.metadata import WAIT
+
+        return await self.endpoints.id_token_value(profile, audience, WAIT)
 
     def _id_token_source(self, name: str) -> Source:
         """A new source for one ID token audience of profile ``name`` (each has its
