@@ -107,6 +107,17 @@ def token_object(
     }
 
 
+def _token_and_expiry(data: object, key: str) -> tuple[dict[str, Any], str, float]:
+    """A token object, the checked token under ``key`` and its ``expires_at`` instant."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    value = check_token(data.get(key))
+    try:
+        return data, value, parse_time(str(data["expires_at"]))
+    except (KeyError, ValueError):
+        raise ValueError("expires_at is missing or not a time") from None
+
+
 def read_token_object(data: object) -> tuple[str, float, str, str, tuple[str, ...], str]:
     """``(access_token, expires_at, profile, account, scopes, credentials_id)`` from a
     ``/v1/token`` object, trusting nothing: the token must pass :func:`check_token`.
@@ -114,13 +125,7 @@ def read_token_object(data: object) -> tuple[str, float, str, str, tuple[str, ..
     Raises:
         ValueError: not such an object (the message never holds the token).
     """
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    value = check_token(data.get("access_token"))
-    try:
-        expires_at = parse_time(str(data["expires_at"]))
-    except (KeyError, ValueError):
-        raise ValueError("expires_at is missing or not a time") from None
+    data, value, expires_at = _token_and_expiry(data, "access_token")
     scopes = data.get("scopes") or ()
     if not isinstance(scopes, list | tuple):
         raise ValueError("scopes is not a list")
@@ -208,13 +213,7 @@ def read_id_token_object(data: object) -> tuple[str, float, str, str, str]:
     Raises:
         ValueError: not such an object (the message never holds the token).
     """
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    value = check_token(data.get("id_token"))
-    try:
-        expires_at = parse_time(str(data["expires_at"]))
-    except (KeyError, ValueError):
-        raise ValueError("expires_at is missing or not a time") from None
+    data, value, expires_at = _token_and_expiry(data, "id_token")
     return (
         value,
         expires_at,
