@@ -25,7 +25,7 @@ proxy's, one profile for the many-profiles rows.
 
 Usage: ``.venv/bin/python scripts/bench.py [--quick] [--only proxy] [--with-litellm]
 [--json PATH]``. Prints one markdown
-table; a missed target says ``MISSED``. ``--quick`` (about 75 s) is what the test
+table; a missed target says ``MISSED``. ``--quick`` (about 2 minutes) is what the test
 suite runs: fewer samples, and a 10 s idle window scaled to a minute.
 """
 
@@ -2379,7 +2379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--quick", action="store_true", help="fewer samples, 10 s idle window (about 75 s)"
+        "--quick", action="store_true", help="fewer samples, 10 s idle window (about 2 minutes)"
     )
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument(
