@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 
+# Not used here: imported with this module, which the daemon loads in a thread, so that
+# the first /metrics scrape (tokend.metrics imports it then) never imports on the loop.
+import prometheus_client  # noqa: F401
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tokend import clock
-from tokend.refresher import ProfileRefresher
+from tokend.refresher import ProfileRefresher, TokenSource
 from tokend.sinks import FileSink
 from tokend.token import Token
 
@@ -59,22 +59,11 @@ DEFAULT_MAX_AUDIENCES = 16
 MIN_IDLE = 10.0
 
 
-class IdTokenSource(Protocol):
-    """What an entry needs of :class:`tokend.source.Source`."""
-
-    @property
-    def credential_type(self) -> str: ...
-    @property
-    def account(self) -> str: ...
-    @property
-    def watched_paths(self) -> tuple[Path, ...]: ...
-    @property
-    def timeout(self) -> float: ...
+class IdTokenSource(TokenSource, Protocol):
+    """What an entry needs of :class:`tokend.source.Source`: a profile's token source
+    that also mints ID tokens."""
 
     def fetch_id_token(self, audience: str) -> Token: ...
-    def invalidate(self) -> None: ...
-    def abandon(self) -> None: ...
-    def credentials_id(self) -> str: ...
 
 
 class AudienceSource:

@@ -32,7 +32,6 @@ a log line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ from tokend.config import Config
 from tokend.endpoints import Answer, Endpoints, TokenQuery
 from tokend.logs import printable_path
 from tokend.metrics import Metrics
-from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts
+from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts, stop_serving
 
 __all__ = ["IdTokenHook", "Metadata", "MetadataSettings"]
 
@@ -195,12 +194,7 @@ class Metadata:
             access_log=None,  # one line per request of our own, without query strings
             keepalive_timeout=KEEPALIVE,
         )
-        web_server = self._web
-
-        def protocol() -> asyncio.Protocol:
-            return self.guard.protocol(web_server())
-
-        self._server = await asyncio.get_running_loop().create_server(protocol, sock=sock)
+        self._server = await self.guard.serve(sock, self._web)
         log.info(
             "metadata endpoint listening on %s for profile %s (GCE_METADATA_HOST=%s)",
             f"http://{self.host}",
@@ -210,14 +204,7 @@ class Metadata:
 
     async def stop(self, timeout: float = 1.0) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        if self._web is not None:
-            self._web.pre_shutdown()
-            await self._web.shutdown(timeout)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), timeout)
+        await stop_serving(server, self._web, timeout)
 
     def configure(self, settings: MetadataSettings) -> None:
         """A reload: profile, scopes, project and allowed uids at once. The address is

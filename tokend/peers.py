@@ -45,6 +45,7 @@ answers 403 and closes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -53,7 +54,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tokend.errors import ConfigError
 from tokend.threads import in_thread
@@ -66,6 +67,7 @@ __all__ = [
     "listen_loopback",
     "loopback_hosts",
     "quick_peer_uid",
+    "stop_serving",
     "tcp_peer_uid",
 ]
 
@@ -468,6 +470,20 @@ def loopback_hosts(bind: str, port: int, *names: str) -> frozenset[str]:
     return frozenset(f"{n}:{port}" for n in {"127.0.0.1", "localhost", "[::1]", bound, *names})
 
 
+async def stop_serving(server: asyncio.Server | None, web_server: Any, timeout: float) -> None:
+    """Stop a listener :meth:`PeerGuard.serve` started: no new connections, then
+    aiohttp's own shutdown of the open ones (``web_server``: its ``web.Server``), each
+    step bounded by ``timeout``."""
+    if server is not None:
+        server.close()
+    if web_server is not None:
+        web_server.pre_shutdown()
+        await web_server.shutdown(timeout)
+    if server is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), timeout)
+
+
 def forbidden(body: bytes, content_type: str) -> bytes:
     """A whole ``403 Forbidden`` response that closes the connection (written before
     the server's own protocol ever sees it)."""
@@ -508,6 +524,17 @@ class PeerGuard:
     def protocol(self, inner: asyncio.Protocol) -> asyncio.Protocol:
         """``inner`` (the server's protocol for one connection) behind the check."""
         return _Guarded(self, inner)
+
+    async def serve(
+        self, sock: socket.socket, make_protocol: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Server:
+        """Serve ``sock`` (from :func:`listen_loopback`): every connection's protocol,
+        from ``make_protocol`` (an aiohttp ``web.Server``), behind this check."""
+
+        def protocol() -> asyncio.Protocol:
+            return self.protocol(make_protocol())
+
+        return await asyncio.get_running_loop().create_server(protocol, sock=sock)
 
     def quick_uid(self, sock: socket.socket) -> tuple[bool, int | None]:
         """The peer's uid if it can be had at once (:func:`quick_peer_uid`); ``(True,

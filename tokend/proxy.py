@@ -32,7 +32,6 @@ after one refresh shared by every request that met the same 401.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from tokend.config import PROXY_ENV, Config
 from tokend.endpoints import Answer, Endpoints, TokenQuery
 from tokend.logs import printable_path
 from tokend.metrics import Metrics
-from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts
+from tokend.peers import PeerGuard, forbidden, listen_loopback, loopback_hosts, stop_serving
 from tokend.proxykeys import DEFAULT, KeyRing
 from tokend.refresher import ProfileRefresher
 from tokend.sinks import atomic_write
@@ -275,13 +274,7 @@ class Proxy:
             access_log=None,  # one line per request of our own, without query strings
             keepalive_timeout=KEEPALIVE,
         )
-        web_server = self._web
-
-        def protocol() -> asyncio.Protocol:
-            return self.guard.protocol(web_server())
-
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(protocol, sock=sock)
+        self._server = await self.guard.serve(sock, self._web)
         self._session = self._new_session()
         await self.write_env()
         log.info(
@@ -304,14 +297,7 @@ class Proxy:
 
     async def stop(self, timeout: float = 1.0) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        if self._web is not None:
-            self._web.pre_shutdown()
-            await self._web.shutdown(timeout)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), timeout)
+        await stop_serving(server, self._web, timeout)
         if self._session is not None:
             await self._session.close()
             self._session = None

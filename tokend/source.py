@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import google.auth
 import google.auth._cloud_sdk
@@ -62,6 +62,8 @@ from tokend.token import Token
 # carries a `type: ignore[no-untyped-call]`.
 
 __all__ = ["CREDENTIAL_TYPES", "Source", "describe_credentials", "read_jwt_claims"]
+
+_T = TypeVar("_T")
 
 #: Credential file types tokend can refresh (``metadata`` is not a file type).
 CREDENTIAL_TYPES = (
@@ -367,22 +369,11 @@ class Source:
             credentials, transport, generation, credentials_id = self._loaded()
         if self._subject_file is not None:
             self._check_subject_file(self._subject_file)
-        # The network part holds no lock, so abandon() never waits for it.
-        transport.reset()
-        started = time.monotonic()
-        try:
-            credentials.refresh(transport)
-        except _Abort as abort:
-            raise self._retryable(abort) from None
-        except Exception as exc:  # every failure is classified; none escapes raw
-            raise self._classify(exc, transport) from None
+        _, took = self._attempt(transport, credentials.refresh)
         with self._lock:
-            if generation != self._generation:
-                raise RefreshError(
-                    "the fetch was abandoned by its caller", retryable=True, reason="abandoned"
-                )
+            self._check_current(generation)
             self.account = _account_of(credentials)
-            return self._token(credentials, time.monotonic() - started, credentials_id)
+            return self._token(credentials, took, credentials_id)
 
     def fetch_id_token(self, audience: str) -> Token:
         """Mint an ID token whose ``aud`` is ``audience``: one attempt, no retries.
@@ -404,22 +395,31 @@ class Source:
         """
         with self._lock:
             credentials, transport, generation, credentials_id = self._loaded()
-        mint = self._id_minter(credentials, audience)
+        value, took = self._attempt(transport, self._id_minter(credentials, audience))
+        with self._lock:
+            self._check_current(generation)
+            return self._id_token(value, audience, took, credentials_id, _account_of(credentials))
+
+    def _attempt(self, transport: _OneShotTransport, call: Callable[[Any], _T]) -> tuple[_T, float]:
+        """``call(transport)``, the one network attempt of a fetch: its result and how
+        long it took, or its failure classified. No lock is held, so abandon() never
+        waits for it."""
         transport.reset()
         started = time.monotonic()
         try:
-            value = mint(transport)
+            result = call(transport)
         except _Abort as abort:
             raise self._retryable(abort) from None
         except Exception as exc:  # every failure is classified; none escapes raw
             raise self._classify(exc, transport) from None
-        with self._lock:
-            if generation != self._generation:
-                raise RefreshError(
-                    "the fetch was abandoned by its caller", retryable=True, reason="abandoned"
-                )
-            took = time.monotonic() - started
-            return self._id_token(value, audience, took, credentials_id, _account_of(credentials))
+        return result, time.monotonic() - started
+
+    def _check_current(self, generation: int) -> None:
+        """Refuse the answer of an attempt that abandon() gave up. Call with ``_lock``."""
+        if generation != self._generation:
+            raise RefreshError(
+                "the fetch was abandoned by its caller", retryable=True, reason="abandoned"
+            )
 
     # -- loading ----------------------------------------------------------------------
 
